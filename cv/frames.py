@@ -1,0 +1,243 @@
+"""Probing and stream-decoding a scan video with PyAV, sampling its best frames.
+
+Limits are checked on the container's header before a single frame is decoded, and again
+while decoding (a header can lie), so a hostile file cannot make us allocate without bound.
+Quality is measured on every decoded frame from its luma plane; only the frames that are
+kept are converted to RGB.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import av.error
+import numpy as np
+import numpy.typing as npt
+
+from cv.errors import Reason, RejectedScan
+from cv.quality import FrameQuality, LumaAnalyzer
+
+RGBFrame = npt.NDArray[np.uint8]
+
+
+@dataclass(frozen=True)
+class VideoLimits:
+    """What a scan may be, checked before decoding."""
+
+    max_bytes: int = 1_000_000_000
+    max_duration_s: float = 600.0
+    max_pixels: int = 3840 * 2160
+    min_pixels: int = 160 * 120
+    max_fps: float = 240.0
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What the container says about a scan's video stream."""
+
+    size_bytes: int
+    codec: str
+    width: int  # as coded; phones' rotation is applied per frame when converting to RGB
+    height: int
+    duration_s: float | None
+    fps: float | None
+
+
+@dataclass(frozen=True)
+class SampledFrame:
+    """A kept frame: its quality and its RGB pixels (upright, at most ``max_side``)."""
+
+    quality: FrameQuality
+    rgb: RGBFrame
+
+
+def _open(path: Path) -> av.container.InputContainer:
+    try:
+        return av.open(str(path), mode="r", metadata_errors="ignore")
+    except av.error.FFmpegError as exc:
+        raise RejectedScan(
+            Reason.UNREADABLE_VIDEO,
+            f"{path.name} is not a readable video ({type(exc).__name__}: {exc.strerror or exc}).",
+        ) from exc
+
+
+def probe_video(path: Path, limits: VideoLimits) -> VideoInfo:
+    """Read a scan's header and check it against ``limits``.
+
+    Args:
+        path: local video file.
+        limits: size, duration, resolution and frame-rate bounds.
+    Returns:
+        VideoInfo of the first video stream.
+    Raises:
+        RejectedScan: unreadable_video, no_video_stream, too_large, too_long or
+            resolution_out_of_range, with a message naming the figure and the limit.
+    """
+    size = os.path.getsize(path)
+    if size == 0:
+        raise RejectedScan(Reason.UNREADABLE_VIDEO, f"{path.name} is empty (0 bytes): the upload "
+                           "contains no data.")
+    if size > limits.max_bytes:
+        raise RejectedScan(Reason.TOO_LARGE, f"{path.name} is {size / 1e6:.0f} MB; the limit is "
+                           f"{limits.max_bytes / 1e6:.0f} MB.")
+    with _open(path) as container:
+        if not container.streams.video:
+            kinds = ", ".join(sorted({s.type for s in container.streams})) or "none"
+            raise RejectedScan(Reason.NO_VIDEO_STREAM, f"{path.name} has no video stream "
+                               f"(streams found: {kinds}).")
+        stream = container.streams.video[0]
+        ctx = stream.codec_context
+        width, height = int(ctx.width or 0), int(ctx.height or 0)
+        if width <= 0 or height <= 0:
+            raise RejectedScan(Reason.UNREADABLE_VIDEO, f"{path.name}: the video stream has no "
+                               "frame size; the file is damaged or not a video.")
+        duration = _duration_s(container, stream)
+        rate = stream.average_rate or stream.guessed_rate
+        fps = float(rate) if rate else None
+        codec = ctx.name
+    pixels = width * height
+    if pixels > limits.max_pixels or pixels < limits.min_pixels:
+        raise RejectedScan(Reason.RESOLUTION_OUT_OF_RANGE, f"{path.name} is {width}x{height}; "
+                           f"scans must have between {limits.min_pixels} and {limits.max_pixels} "
+                           "pixels per frame.")
+    if duration is not None and duration > limits.max_duration_s:
+        raise RejectedScan(Reason.TOO_LONG, f"{path.name} lasts {duration:.0f} s; the limit is "
+                           f"{limits.max_duration_s:.0f} s.")
+    if fps is not None and fps > limits.max_fps * 1.01:
+        raise RejectedScan(Reason.RESOLUTION_OUT_OF_RANGE, f"{path.name} runs at {fps:.0f} fps; "
+                           f"the limit is {limits.max_fps:.0f} fps.")
+    return VideoInfo(size, codec, width, height, duration, fps)
+
+
+def _duration_s(container: av.container.InputContainer, stream: av.VideoStream) -> float | None:
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / av.time_base
+    return None
+
+
+def luma_plane(frame: av.VideoFrame) -> npt.NDArray[np.uint8]:
+    """The frame's Y plane as a uint8 array without converting the whole frame."""
+    fmt = frame.format.name
+    plane = frame.planes[0]
+    if fmt in _PLANAR_8BIT:
+        buf = np.frombuffer(plane, np.uint8).reshape(frame.height, plane.line_size)
+        return buf[:, : frame.width]
+    if fmt in _PLANAR_16BIT_LE:
+        buf16 = np.frombuffer(plane, "<u2").reshape(frame.height, plane.line_size // 2)
+        shift = 2 if "10" in fmt else 4 if "12" in fmt else 8
+        return (buf16[:, : frame.width] >> shift).astype(np.uint8)
+    gray: npt.NDArray[np.uint8] = frame.to_ndarray(format="gray")
+    return gray
+
+
+_PLANAR_8BIT = frozenset({"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p",
+                          "nv12", "nv21", "gray"})
+_PLANAR_16BIT_LE = frozenset({"yuv420p10le", "yuv422p10le", "yuv444p10le", "yuv420p12le",
+                              "p010le"})
+
+
+def _upright(rgb: RGBFrame, rotation: int) -> RGBFrame:
+    # frame.rotation is counter-clockwise degrees to apply for display.
+    turns = (rotation // 90) % 4
+    return np.ascontiguousarray(np.rot90(rgb, k=turns)) if turns else rgb
+
+
+def _to_rgb(frame: av.VideoFrame, max_side: int) -> RGBFrame:
+    scale = min(1.0, max_side / max(frame.width, frame.height))
+    w = max(2, int(round(frame.width * scale / 2)) * 2)
+    h = max(2, int(round(frame.height * scale / 2)) * 2)
+    rgb: RGBFrame = frame.to_ndarray(format="rgb24", width=w, height=h)
+    return _upright(rgb, int(getattr(frame, "rotation", 0) or 0))
+
+
+def sample_frames(
+    path: Path,
+    info: VideoInfo,
+    limits: VideoLimits,
+    *,
+    sample_fps: float,
+    max_side: int,
+    on_frame: Callable[[SampledFrame], None],
+) -> list[FrameQuality]:
+    """Stream-decode a scan, keeping the sharpest frame of every 1/sample_fps window.
+
+    Windows follow presentation timestamps, so variable frame rate is handled. Memory is
+    bounded: one decoded frame per open window and one small analysis image.
+
+    Args:
+        path: local video file, already probed.
+        info: its probe result.
+        limits: checked again while decoding (headers can lie).
+        sample_fps: kept frames per second of video.
+        max_side: longest side of a kept RGB frame.
+        on_frame: called with every kept frame, in order.
+    Returns:
+        FrameQuality of every decoded frame.
+    Raises:
+        RejectedScan: unreadable_video when decoding fails or stops well short of the
+            declared duration (a truncated upload); too_long or too_large when the
+            stream exceeds the limits the header claimed to meet.
+    """
+    analyzer = LumaAnalyzer()
+    qualities: list[FrameQuality] = []
+    best: tuple[float, av.VideoFrame, FrameQuality] | None = None
+    window = -1
+    max_frames = int(limits.max_duration_s * limits.max_fps) + 1
+    first_t: float | None = None
+    last_t = 0.0
+    try:
+        with _open(path) as container:
+            stream = container.streams.video[0]
+            for index, frame in enumerate(container.decode(stream)):
+                if index >= max_frames:
+                    raise RejectedScan(Reason.TOO_LONG, f"{path.name} holds more than {max_frames} "
+                                       "frames, beyond the duration and frame-rate limits.")
+                if frame.width * frame.height > limits.max_pixels:
+                    raise RejectedScan(Reason.RESOLUTION_OUT_OF_RANGE, f"{path.name} has a "
+                                       f"{frame.width}x{frame.height} frame; the limit is "
+                                       f"{limits.max_pixels} pixels.")
+                t = float(frame.time) if frame.time is not None else index / (info.fps or 30.0)
+                if first_t is None:
+                    first_t = t
+                t -= first_t
+                if t > limits.max_duration_s:
+                    raise RejectedScan(Reason.TOO_LONG, f"{path.name} runs past "
+                                       f"{limits.max_duration_s:.0f} s, the limit.")
+                last_t = max(last_t, t)
+                q = analyzer.measure(luma_plane(frame), index, t)
+                qualities.append(q)
+                w = math.floor(t * sample_fps)
+                if w != window:
+                    if best is not None:
+                        on_frame(SampledFrame(best[2], _to_rgb(best[1], max_side)))
+                    best, window = None, w
+                if best is None or q.sharpness > best[0]:
+                    best = (q.sharpness, frame, q)
+            if best is not None:
+                on_frame(SampledFrame(best[2], _to_rgb(best[1], max_side)))
+    except av.error.FFmpegError as exc:
+        raise RejectedScan(Reason.UNREADABLE_VIDEO, f"{path.name} could not be decoded after "
+                           f"{len(qualities)} frames ({exc.strerror or exc}); the file is "
+                           "damaged or the upload was cut short.") from exc
+    if not qualities:
+        raise RejectedScan(Reason.UNREADABLE_VIDEO, f"{path.name} contains no decodable frame.")
+    frame_period = 1.0 / info.fps if info.fps else 0.0
+    decoded = last_t + frame_period
+    if info.duration_s and decoded < 0.9 * info.duration_s - 0.5:
+        raise RejectedScan(Reason.UNREADABLE_VIDEO, f"{path.name} declares {info.duration_s:.1f} s "
+                           f"but only {decoded:.1f} s could be decoded: the upload was cut short.")
+    return qualities
+
+
+def decoded_duration(qualities: list[FrameQuality], fps: float | None) -> float:
+    """Duration covered by the decoded frames, in seconds."""
+    if not qualities:
+        return 0.0
+    return qualities[-1].time_s + (1.0 / fps if fps else 0.0)

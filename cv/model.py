@@ -1,0 +1,194 @@
+"""The frame model: a MobileNetV2 backbone (torchvision's layout, so its ImageNet weights
+load as they are) that turns frames into L2-normalised 1280-d embeddings.
+
+Weights are read from a local file whose sha256 must match; nothing is fetched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import nn
+
+from cv.errors import ProcessingError, Reason
+
+INPUT_SIZE = 224
+EMBEDDING_DIM = 1280
+_MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
+_STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
+
+
+def _conv_bn(inp: int, out: int, kernel: int = 3, stride: int = 1, groups: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(inp, out, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(out),
+        nn.ReLU6(inplace=True),
+    )
+
+
+class _InvertedResidual(nn.Module):
+    def __init__(self, inp: int, out: int, stride: int, expand: int) -> None:
+        super().__init__()
+        hidden = inp * expand
+        self.use_res = stride == 1 and inp == out
+        layers: list[nn.Module] = []
+        if expand != 1:
+            layers.append(_conv_bn(inp, hidden, kernel=1))
+        layers += [
+            _conv_bn(hidden, hidden, stride=stride, groups=hidden),
+            nn.Conv2d(hidden, out, 1, 1, 0, bias=False),
+            nn.BatchNorm2d(out),
+        ]
+        self.conv = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y: torch.Tensor = self.conv(x)
+        return x + y if self.use_res else y
+
+
+class MobileNetV2(nn.Module):
+    """MobileNetV2 (width 1.0) with torchvision's parameter names."""
+
+    _SETTING = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
+                (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
+
+    def __init__(self, num_classes: int = 1000) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [_conv_bn(3, 32, stride=2)]
+        inp = 32
+        for t, c, n, s in self._SETTING:
+            for i in range(n):
+                layers.append(_InvertedResidual(inp, c, s if i == 0 else 1, t))
+                inp = c
+        layers.append(_conv_bn(inp, EMBEDDING_DIM, kernel=1))
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(EMBEDDING_DIM, num_classes))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Global-average-pooled features, L2-normalised."""
+        f = self.features(x).mean(dim=(2, 3))
+        return nn.functional.normalize(f.float(), dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.classifier(self.features(x).mean(dim=(2, 3)))
+        return out
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What the manifest records about the model that produced a result."""
+
+    name: str
+    version: str
+    sha256: str
+
+
+@dataclass
+class LoadedModel:
+    """A backbone on a device, ready for ``embed_frames``."""
+
+    identity: ModelIdentity
+    net: MobileNetV2
+    device: torch.device
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def pick_device(preference: str = "auto") -> torch.device:
+    """``auto`` picks cuda, then mps, then cpu; anything else is taken as a torch device."""
+    if preference != "auto":
+        return torch.device(preference)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def load_backbone(
+    weights: Path, identity: ModelIdentity, device: torch.device
+) -> LoadedModel:
+    """Load MobileNetV2 weights after checking their sha256.
+
+    Args:
+        weights: a torchvision-layout state dict file.
+        identity: name, version and the sha256 the file must have.
+        device: where to run.
+    Returns:
+        The model in eval mode on ``device``.
+    Raises:
+        ProcessingError: model_error for a missing file, a hash mismatch or weights
+            that do not fit the architecture.
+    """
+    if not weights.is_file():
+        raise ProcessingError(Reason.MODEL_ERROR, f"model weights {weights} do not exist.")
+    digest = sha256_file(weights)
+    if digest != identity.sha256:
+        raise ProcessingError(Reason.MODEL_ERROR, f"model {identity.name} {identity.version}: "
+                              f"{weights.name} has sha256 {digest[:12]}…, expected "
+                              f"{identity.sha256[:12]}…; the file is damaged or not this model.")
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        net = MobileNetV2()
+        net.load_state_dict(state)
+    except Exception as exc:  # noqa: BLE001 - any load failure is a model error
+        raise ProcessingError(Reason.MODEL_ERROR, f"model {identity.name} {identity.version}: "
+                              f"cannot load {weights.name} ({type(exc).__name__}: "
+                              f"{str(exc)[:200]}).") from exc
+    net.eval().to(device)
+    if device.type == "cuda":
+        net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    return LoadedModel(identity, net, device)
+
+
+def preprocess(frames: Sequence[npt.NDArray[np.uint8]]) -> npt.NDArray[np.float32]:
+    """Centre-crop to square, resize to 224 and normalise: N x 3 x 224 x 224 float32."""
+    out = np.empty((len(frames), 3, INPUT_SIZE, INPUT_SIZE), np.float32)
+    for i, rgb in enumerate(frames):
+        h, w = rgb.shape[:2]
+        s = min(h, w)
+        y0, x0 = (h - s) // 2, (w - s) // 2
+        sq = cv2.resize(rgb[y0 : y0 + s, x0 : x0 + s], (INPUT_SIZE, INPUT_SIZE),
+                        interpolation=cv2.INTER_AREA)
+        out[i] = ((sq.astype(np.float32) - _MEAN) / _STD).transpose(2, 0, 1)
+    return out
+
+
+def embed_frames(
+    model: LoadedModel, frames: Sequence[npt.NDArray[np.uint8]], batch_size: int = 16
+) -> npt.NDArray[np.float32]:
+    """Embed RGB frames in batches.
+
+    Args:
+        model: from ``load_backbone``.
+        frames: RGB uint8 arrays of any size.
+        batch_size: frames per forward pass.
+    Returns:
+        N x 1280 float32, each row of unit length.
+    """
+    out = np.empty((len(frames), EMBEDDING_DIM), np.float32)
+    use_bf16 = model.device.type == "cuda"
+    with torch.inference_mode():
+        for start in range(0, len(frames), batch_size):
+            batch = torch.from_numpy(preprocess(frames[start : start + batch_size]))
+            batch = batch.to(model.device, non_blocking=True)
+            if use_bf16:
+                batch = batch.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                emb = model.net.embed(batch)
+            out[start : start + len(batch)] = emb.cpu().numpy()
+    return out

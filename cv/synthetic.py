@@ -1,0 +1,171 @@
+"""Scan-like synthetic videos whose truth is known: which frames are blurred, dark or
+glaring, which view the camera shows, and how far chosen teeth moved in a later scan.
+
+A wide "mouth" canvas holds the standard views side by side (front, left, right, upper
+occlusal, lower occlusal); a virtual scope sweeps across it. Seeded and fast: the scene is
+drawn once and every frame is a crop of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from cv.encode import H264Writer
+
+VIEWS = ("front", "left", "right", "upper_occlusal", "lower_occlusal")
+
+
+@dataclass(frozen=True)
+class Tooth:
+    view: str
+    x: float  # centre on the canvas, pixels
+    y: float
+    w: float
+    h: float
+    round_: bool  # occlusal views show tooth tops as round shapes
+
+
+@dataclass(frozen=True)
+class ScanSpec:
+    """What to render. Frame indices in the sets get the named defect."""
+
+    width: int = 320
+    height: int = 240
+    fps: float = 15.0
+    duration_s: float = 6.0
+    seed: int = 0
+    blurred: frozenset[int] = frozenset()
+    dark: frozenset[int] = frozenset()
+    glare: frozenset[int] = frozenset()
+    fast: frozenset[int] = frozenset()  # frames where the scope jumps (motion)
+    tooth_shifts: Mapping[int, tuple[float, float]] = field(default_factory=dict)
+    rotation: int = 0  # display rotation written in the container, like a phone held sideways
+    bitrate: int | None = None  # bits per second; None = constant quality
+
+
+@dataclass(frozen=True)
+class FrameTruth:
+    index: int
+    view: str
+    blurred: bool
+    dark: bool
+    glare: bool
+    fast: bool
+
+
+@dataclass(frozen=True)
+class SyntheticScan:
+    path: Path
+    spec: ScanSpec
+    frames: tuple[FrameTruth, ...]
+    teeth: tuple[Tooth, ...]
+
+
+def _layout(rng: np.random.Generator, view_w: int, view_h: int) -> list[Tooth]:
+    teeth: list[Tooth] = []
+    for v, view in enumerate(VIEWS):
+        x0 = v * view_w
+        occlusal = "occlusal" in view
+        n = 7 if view == "front" else 6
+        for i in range(n):
+            if occlusal:
+                # a U-shaped arch of tooth tops
+                a = np.pi * (0.1 + 0.8 * i / (n - 1))
+                cx = x0 + view_w / 2 + 0.36 * view_w * np.cos(a)
+                cy = view_h * (0.25 + 0.5 * np.sin(a))
+                s = view_h * (0.11 + 0.03 * rng.random())
+                teeth.append(Tooth(view, cx, cy, s, s, True))
+            else:
+                cx = x0 + view_w * (0.12 + 0.76 * i / (n - 1))
+                for row, cy in ((0, 0.33), (1, 0.67)):
+                    w = view_w / n * (0.78 + 0.1 * rng.random())
+                    h = view_h * (0.26 + 0.04 * rng.random())
+                    teeth.append(Tooth(view, cx, view_h * cy + (row - 0.5) * 4, w, h, False))
+    return teeth
+
+
+def _render_canvas(
+    spec: ScanSpec, teeth: Iterable[Tooth], view_w: int, view_h: int
+) -> npt.NDArray[np.uint8]:
+    rng = np.random.default_rng(spec.seed + 1)
+    cw = view_w * len(VIEWS)
+    gum = np.empty((view_h, cw, 3), np.float32)
+    gum[:] = (190, 95, 105)  # RGB pink
+    # vessel-like texture so the gums have features to register
+    noise = cv2.GaussianBlur(rng.normal(0, 1, (view_h, cw)).astype(np.float32), (0, 0), 3)
+    gum += (noise * 25)[..., None]
+    canvas = np.clip(gum, 0, 255).astype(np.uint8)
+    speck = rng.integers(-12, 12, (view_h, cw), dtype=np.int16)
+    for i, t in enumerate(teeth):
+        dx, dy = spec.tooth_shifts.get(i, (0.0, 0.0))
+        cx, cy = int(t.x + dx), int(t.y + dy)
+        shade = tuple(int(c) for c in (238, 232, 212) + rng.integers(-10, 10, 3))
+        if t.round_:
+            cv2.circle(canvas, (cx, cy), int(t.w / 2), shade, -1, cv2.LINE_AA)
+            cv2.circle(canvas, (cx, cy), int(t.w / 5), (205, 195, 170), 2, cv2.LINE_AA)
+        else:
+            p0 = (int(cx - t.w / 2), int(cy - t.h / 2))
+            p1 = (int(cx + t.w / 2), int(cy + t.h / 2))
+            cv2.rectangle(canvas, p0, p1, shade, -1, cv2.LINE_AA)
+            cv2.rectangle(canvas, p0, p1, (150, 120, 110), 1, cv2.LINE_AA)
+    # enamel micro-texture everywhere (cheap and gives the Laplacian something to see)
+    canvas = np.clip(canvas.astype(np.int16) + speck[..., None], 0, 255).astype(np.uint8)
+    return canvas
+
+
+def _frames(spec: ScanSpec, canvas: npt.NDArray[np.uint8], view_w: int) -> Iterator[
+    tuple[npt.NDArray[np.uint8], FrameTruth]
+]:
+    n = max(1, int(round(spec.duration_s * spec.fps)))
+    ch, cw = canvas.shape[:2]
+    crop_w = int(view_w * 0.8)
+    crop_h = int(ch * 0.8)
+    rng = np.random.default_rng(spec.seed + 2)
+    for i in range(n):
+        u = i / max(1, n - 1)
+        x = u * (cw - crop_w)
+        y = (ch - crop_h) / 2 + np.sin(u * 12.0) * (ch - crop_h) / 2.5
+        if i in spec.fast:
+            x = float(np.clip(x + rng.choice([-1, 1]) * crop_w * 0.5, 0, cw - crop_w))
+        xi, yi = int(x), int(np.clip(y, 0, ch - crop_h))
+        crop = canvas[yi : yi + crop_h, xi : xi + crop_w]
+        frame = cv2.resize(crop, (spec.width, spec.height), interpolation=cv2.INTER_LINEAR)
+        if i in spec.blurred:
+            k = max(3, (spec.width // 40) | 1)
+            frame = cv2.GaussianBlur(frame, (0, 0), k)
+        if i in spec.dark:
+            frame = (frame * 0.12).astype(np.uint8)
+        if i in spec.glare:
+            frame = np.clip(frame.astype(np.int16) * 2 + 120, 0, 255).astype(np.uint8)
+        view = VIEWS[min(len(VIEWS) - 1, int((xi + crop_w / 2) // view_w))]
+        yield frame, FrameTruth(i, view, i in spec.blurred, i in spec.dark, i in spec.glare,
+                                i in spec.fast)
+
+
+def render_scan(path: Path, spec: ScanSpec) -> SyntheticScan:
+    """Render a synthetic scan to an H.264 MP4 at ``path``.
+
+    Args:
+        path: where to write the video.
+        spec: size, length, defects and tooth movements.
+    Returns:
+        The path, the spec, the truth of every frame and the teeth drawn.
+    """
+    view_h = spec.height * 2
+    view_w = int(view_h * spec.width / spec.height * 1.3)
+    rng = np.random.default_rng(spec.seed)
+    teeth = _layout(rng, view_w, view_h)
+    canvas = _render_canvas(spec, teeth, view_w, view_h)
+    truth: list[FrameTruth] = []
+    with H264Writer(path, spec.width, spec.height, spec.fps, bitrate=spec.bitrate,
+                    rotation=spec.rotation) as writer:
+        for frame, t in _frames(spec, canvas, view_w):
+            writer.write(frame)
+            truth.append(t)
+    return SyntheticScan(path, spec, tuple(truth), tuple(teeth))

@@ -1,0 +1,1 @@
+"""The process-scan flow, its hooks, settings and the scanflow command line."""

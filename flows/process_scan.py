@@ -1,0 +1,104 @@
+"""process-scan: one scan video in, a manifest of insights for the doctor out.
+
+download_scan → extract_frames → run_inference → render_summary → compute_tracking
+→ publish_manifest. The flow only composes; the work is in tasks/ and cv/.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Annotated
+
+from prefect import flow, get_run_logger, runtime
+from prefect.artifacts import create_markdown_artifact
+from pydantic import Field
+
+from cv.errors import ScanError
+from flows.settings import Settings
+from tasks.download import download_scan
+from tasks.frames import extract_frames
+from tasks.inference import run_inference
+from tasks.manifest import Artifacts, Manifest, artifact_key, publish_manifest
+from tasks.options import ID_PATTERN, ScanOptions
+from tasks.storage import join
+from tasks.summary import render_summary
+from tasks.tracking import compute_tracking
+
+ScanId = Annotated[str, Field(pattern=ID_PATTERN, description="The scan's id.")]
+PatientId = Annotated[str, Field(pattern=ID_PATTERN, description="Pseudonymous patient id.")]
+
+
+@contextmanager
+def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[stage] = round(time.perf_counter() - start, 4)
+
+
+@flow(name="process-scan", flow_run_name="{scan_id}", persist_result=False)
+def process_scan(
+    scan_id: ScanId,
+    patient_id: PatientId,
+    video_uri: str,
+    previous_scan_ids: list[Annotated[str, Field(pattern=ID_PATTERN)]] | None = None,
+    options: ScanOptions | None = None,
+) -> str:
+    """Process one scan; returns the manifest's URI."""
+    options = options or ScanOptions()
+    settings = Settings()
+    started = datetime.now(UTC)
+    scan_uri = join(settings.results_root, patient_id, scan_id)
+    work = settings.scratch_dir / f"{scan_id}-{int(time.time() * 1000)}"
+    work.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    try:
+        with _timed(timings, "download_scan"):
+            video = download_scan(video_uri, str(work), options.limits.max_bytes)
+        with _timed(timings, "extract_frames"):
+            frames = extract_frames(video.local_path, scan_uri, str(work), options)
+        with _timed(timings, "run_inference"):
+            inference = run_inference(frames, scan_uri, options.model, options.device,
+                                      options.batch_size, str(settings.models_dir))
+        with _timed(timings, "render_summary"):
+            summary = render_summary(frames, inference, scan_uri, str(work), options)
+        with _timed(timings, "compute_tracking"):
+            tracking = compute_tracking(patient_id, scan_id, settings.results_root, scan_uri,
+                                        previous_scan_ids, summary, inference)
+        manifest = Manifest(
+            scan_id=scan_id, patient_id=patient_id,
+            flow_run_id=str(runtime.flow_run.id) if runtime.flow_run.id else None,
+            code_version=settings.resolved_code_version(), started_at=started,
+            completed_at=datetime.now(UTC), source_uri=video_uri, video=frames.video,
+            quality=frames.quality, model=inference.model, timings_s=timings,
+            artifacts=Artifacts(summary_video=summary.video_uri,
+                                contact_sheet=summary.contact_sheet_uri,
+                                keyframes=summary.keyframes,
+                                embeddings=inference.embeddings_uri,
+                                frame_quality=frames.frame_quality_uri,
+                                tracking=tracking.uri if tracking else None),
+            tracking=tracking.summary if tracking else None,
+        )
+        return publish_manifest(manifest, scan_uri)
+    except ScanError as exc:
+        _report_failure(scan_id, exc)
+        raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _report_failure(scan_id: str, exc: ScanError) -> None:
+    get_run_logger().error("scan %s failed: %s", scan_id, exc)
+    verdict = "rejected: the patient should re-scan" if exc.reason.is_patient_fixable else "failed"
+    lines = [f"## Scan `{scan_id}`: {verdict}", "", f"- reason: `{exc.reason.value}`",
+             f"- {exc.message}"]
+    if exc.guidance:
+        lines.append(f"- guidance for the patient: {exc.guidance}")
+    create_markdown_artifact(key=artifact_key(scan_id), markdown="\n".join(lines),
+                             description=f"scan {scan_id}")
+

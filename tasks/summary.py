@@ -1,0 +1,70 @@
+"""render_summary: keyframes, the summary video and the contact sheet for the doctor."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from pydantic import BaseModel
+
+from cv.images import encode_jpeg
+from cv.summary import (
+    SUMMARY_FPS,
+    SummaryFrame,
+    choose_keyframes,
+    choose_segments,
+    contact_sheet,
+    render_summary_video,
+)
+from tasks.frames import FramesResult, load_frame
+from tasks.inference import InferenceResult, load_embeddings
+from tasks.options import ScanOptions
+from tasks.storage import join, store_for
+
+_SECONDS_PER_FRAME = 0.5
+
+
+class Keyframe(BaseModel):
+    uri: str
+    kept_index: int
+    time_s: float
+    sharpness: float
+
+
+class SummaryResult(BaseModel):
+    video_uri: str
+    video_frames: int
+    video_seconds: float
+    contact_sheet_uri: str
+    keyframes: list[Keyframe]
+
+
+@task(name="render-summary")
+def render_summary(frames: FramesResult, inference: InferenceResult, scan_uri: str,
+                   work_dir: str, options: ScanOptions) -> SummaryResult:
+    """Choose keyframes and write summary.mp4, contact_sheet.jpg and keyframes/*.jpg."""
+    store = store_for(scan_uri)
+    kept = frames.kept
+    info = [SummaryFrame(f.time_s, f.sharpness, f.usable) for f in kept]
+    emb = load_embeddings(inference.embeddings_uri)
+    key_idx = choose_keyframes(emb, [f.sharpness for f in kept], [f.usable for f in kept],
+                               options.keyframes)
+    seg_idx = choose_segments(info, int(options.summary_max_s / _SECONDS_PER_FRAME))
+    images = {i: load_frame(kept[i]) for i in sorted(set(key_idx) | set(seg_idx))}
+    video = Path(work_dir) / "summary.mp4"
+    written = render_summary_video(video, [images[i] for i in seg_idx], [info[i] for i in seg_idx],
+                                   seconds_per_frame=_SECONDS_PER_FRAME)
+    video_uri = store.upload(video, join(scan_uri, "summary.mp4"), "video/mp4")
+    sheet = contact_sheet([images[i] for i in key_idx], [info[i] for i in key_idx])
+    sheet_uri = store.put_bytes(join(scan_uri, "contact_sheet.jpg"), encode_jpeg(sheet, 85),
+                                "image/jpeg")
+    keyframes = []
+    for i in key_idx:
+        uri = store.put_bytes(join(scan_uri, "keyframes", f"{kept[i].index:06d}.jpg"),
+                              encode_jpeg(images[i]), "image/jpeg")
+        keyframes.append(Keyframe(uri=uri, kept_index=i, time_s=kept[i].time_s,
+                                  sharpness=kept[i].sharpness))
+    get_run_logger().info("summary: %d segments, %d keyframes", len(seg_idx), len(key_idx))
+    return SummaryResult(video_uri=video_uri, video_frames=written,
+                         video_seconds=written / SUMMARY_FPS, contact_sheet_uri=sheet_uri,
+                         keyframes=keyframes)
