@@ -29,18 +29,17 @@ class SummaryFrame:
 
 
 def choose_segments(frames: Sequence[SummaryFrame], count: int) -> list[int]:
-    """Indices of the best frame in each of ``count`` equal parts of the scan, in time order.
+    """Indices of the best frame in each of ``count`` consecutive parts of the scan.
 
-    Usable frames beat unusable ones; then the sharper wins.
+    Frames arrive evenly spaced in time (one per sampling window), so parts of equal frame
+    count are parts of equal duration. Usable frames beat unusable ones; then the sharper.
     """
-    if not frames:
-        return []
-    count = min(count, len(frames))
-    t0, t1 = frames[0].time_s, frames[-1].time_s
-    span = max(t1 - t0, 1e-9)
+    n = len(frames)
+    if n <= count:
+        return list(range(n))
     best: dict[int, int] = {}
     for i, f in enumerate(frames):
-        seg = min(count - 1, int((f.time_s - t0) / span * count))
+        seg = i * count // n
         j = best.get(seg)
         if j is None or (f.usable, f.sharpness) > (frames[j].usable, frames[j].sharpness):
             best[seg] = i

@@ -77,6 +77,8 @@ def process_scan(
             completed_at=datetime.now(UTC), source_uri=video_uri, video=frames.video,
             quality=frames.quality, model=inference.model, timings_s=timings,
             artifacts=Artifacts(summary_video=summary.video_uri,
+                                summary_video_frames=summary.video_frames,
+                                summary_video_seconds=summary.video_seconds,
                                 contact_sheet=summary.contact_sheet_uri,
                                 keyframes=summary.keyframes,
                                 embeddings=inference.embeddings_uri,

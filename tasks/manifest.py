@@ -20,6 +20,8 @@ MANIFEST_NAME = "manifest.json"
 
 class Artifacts(BaseModel):
     summary_video: str
+    summary_video_frames: int
+    summary_video_seconds: float
     contact_sheet: str
     keyframes: list[Keyframe]
     embeddings: str
@@ -117,3 +119,9 @@ def artifact_key(scan_id: str) -> str:
     # Artifact keys allow lowercase letters, digits and dashes only.
     key = "".join(c if c.isalnum() else "-" for c in scan_id.lower())
     return f"scan-{key}"[:60].rstrip("-")
+
+
+if __name__ == "__main__":  # python -m tasks.manifest > schemas/manifest.schema.json
+    import json
+
+    print(json.dumps(Manifest.model_json_schema(), indent=2))

@@ -1,0 +1,240 @@
+"""The embedded default: a local Prefect server (SQLite, or PostgreSQL on request), the
+``process`` work pool, the deployment from prefect.yaml and a worker, each started once
+and reused. State lives under the settings' home folder (default ``.scanflow/``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from flows.settings import REPO_ROOT, Settings
+
+PREFECT = [sys.executable, "-m", "prefect"]
+
+
+@dataclass(frozen=True)
+class Service:
+    """A background process we started, tracked by a pid file."""
+
+    name: str
+    home: Path
+
+    @property
+    def pid_file(self) -> Path:
+        return self.home / "run" / f"{self.name}.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.home / "logs" / f"{self.name}.log"
+
+    def pid(self) -> int | None:
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            try:
+                os.kill(pid, 0)  # no /proc (macOS): trust the pid file if the pid lives
+            except OSError:
+                return None
+            return pid
+        return pid if b"prefect" in cmdline else None  # guard against a recycled pid
+
+    def start(self, args: list[str], env: dict[str, str]) -> int:
+        self.pid_file.parent.mkdir(parents=True, exist_ok=True)
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_file, "ab") as log:
+            proc = subprocess.Popen(args, cwd=REPO_ROOT, env=env, stdout=log,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True)
+        self.pid_file.write_text(str(proc.pid))
+        return proc.pid
+
+    def stop(self, timeout: float = 20.0) -> bool:
+        pid = self.pid()
+        if pid is None:
+            self.pid_file.unlink(missing_ok=True)
+            return False
+        _signal_group(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.2)
+        if _alive(pid):
+            _signal_group(pid, signal.SIGKILL)
+        self.pid_file.unlink(missing_ok=True)
+        return True
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    try:  # a zombie child of ours counts as gone
+        return os.waitpid(pid, os.WNOHANG) == (0, 0)
+    except ChildProcessError:
+        return True
+
+
+class LocalStack:
+    """Starts, finds and stops the local Prefect server and worker.
+
+    The Prefect client calls made here use the process's PREFECT_API_URL: the command line
+    sets it (from ``client_env``) before Prefect is imported.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.home = settings.home.resolve()
+        self.server = Service("server", self.home)
+        self.worker = Service("worker", self.home)
+
+    # -- environment -------------------------------------------------------------------
+    def client_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.setdefault("PREFECT_API_URL", self.settings.api_url)
+        env.setdefault("PREFECT_HOME", str(self.home / "prefect"))
+        env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+        env.setdefault("DO_NOT_TRACK", "1")
+        env["SCANFLOW_HOME"] = str(self.home)
+        return env
+
+    def server_env(self) -> dict[str, str]:
+        env = self.client_env()
+        env.pop("PREFECT_API_URL", None)
+        env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = self.settings.database_url
+        env["PREFECT_UI_API_URL"] = self.settings.api_url
+        return env
+
+    # -- server ------------------------------------------------------------------------
+    def healthy(self) -> bool:
+        try:
+            return httpx.get(f"{self.settings.api_url}/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def start_server(self, timeout: float = 120.0) -> str:
+        """Start the server unless one already answers; returns 'running' or 'started'."""
+        if self.healthy():
+            return "running"
+        if self.settings.database == "postgres":
+            asyncio.run(_ensure_postgres_database(self.settings.postgres_url))
+        (self.home / "prefect").mkdir(parents=True, exist_ok=True)
+        self.server.start(PREFECT + ["server", "start", "--host", self.settings.server_host,
+                                     "--port", str(self.settings.server_port)], self.server_env())
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.healthy():
+                return "started"
+            if self.server.pid() is None:
+                break
+            time.sleep(0.5)
+        raise RuntimeError(f"the Prefect server did not come up; see {self.server.log_file}")
+
+    # -- pool, deployment, worker ------------------------------------------------------
+    def ensure_pool(self) -> None:
+        asyncio.run(_ensure_process_pool(self.settings.work_pool, self.settings.pool_concurrency))
+
+    def deploy(self) -> bool:
+        """Apply prefect.yaml's local deployment when it changed; True if deployed."""
+        spec = (REPO_ROOT / "prefect.yaml").read_bytes()
+        stamp = self.home / "run" / "deployed.sha256"
+        digest = hashlib.sha256(spec + self.settings.api_url.encode()).hexdigest()
+        if stamp.is_file() and stamp.read_text() == digest and asyncio.run(
+            _deployment_exists(self.settings.deployment)
+        ):
+            return False
+        name = self.settings.deployment.split("/", 1)[1]
+        subprocess.run(PREFECT + ["--no-prompt", "deploy", "--name", name], cwd=REPO_ROOT,
+                       env=self.client_env(), check=True, stdout=subprocess.DEVNULL)
+        stamp.parent.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(digest)
+        return True
+
+    def start_worker(self) -> str:
+        if self.worker.pid() is not None:
+            return "running"
+        env = self.client_env()
+        env["PREFECT_WORKER_QUERY_SECONDS"] = str(self.settings.worker_query_seconds)
+        env["PREFECT_WORKER_PREFETCH_SECONDS"] = "5"
+        self.worker.start(PREFECT + ["worker", "start", "--pool", self.settings.work_pool,
+                                     "--type", "process", "--name", "scanflow-local"], env)
+        return "started"
+
+    def up(self) -> dict[str, str]:
+        server = self.start_server()
+        self.ensure_pool()
+        deployed = self.deploy()
+        worker = self.start_worker()
+        return {"server": server, "deployment": "applied" if deployed else "unchanged",
+                "worker": worker}
+
+    def down(self) -> dict[str, bool]:
+        return {"worker": self.worker.stop(), "server": self.server.stop()}
+
+    def status(self) -> dict[str, object]:
+        return {"api_url": self.settings.api_url, "healthy": self.healthy(),
+                "server_pid": self.server.pid(), "worker_pid": self.worker.pid(),
+                "database": self.settings.database, "home": str(self.home)}
+
+
+async def _ensure_process_pool(name: str, concurrency: int) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists
+    from prefect.workers.process import ProcessWorker
+
+    async with get_client() as client:
+        try:
+            await client.create_work_pool(WorkPoolCreate(
+                name=name, type="process", concurrency_limit=concurrency,
+                base_job_template=ProcessWorker.get_default_base_job_template()))
+        except ObjectAlreadyExists:
+            pass
+
+
+async def _deployment_exists(name: str) -> bool:
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    async with get_client() as client:
+        try:
+            await client.read_deployment_by_name(name)
+        except ObjectNotFound:
+            return False
+        return True
+
+
+async def _ensure_postgres_database(url: str) -> None:
+    import asyncpg  # installed with prefect
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    conn = await asyncpg.connect(host=u.host or "127.0.0.1", port=u.port or 5432,
+                                 user=u.username or "postgres", password=u.password,
+                                 database="postgres")
+    try:
+        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", u.database)
+        if not exists:
+            await conn.execute(f'CREATE DATABASE "{u.database}"')
+    finally:
+        await conn.close()

@@ -1,0 +1,88 @@
+"""process-scan end to end against a real Prefect server (SQLite), results on disk."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import av
+import jsonschema
+import pytest
+from prefect.client.orchestration import get_client
+
+from cv.images import decode_jpeg
+from cv.synthetic import SyntheticScan
+from flows.process_scan import process_scan
+from tasks.manifest import Manifest
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_server")]
+SCHEMA = json.loads((Path(__file__).resolve().parents[2] / "schemas" /
+                     "manifest.schema.json").read_text())
+
+
+def _path(uri: str) -> Path:
+    assert uri.startswith("file://"), uri
+    return Path(uri.removeprefix("file://"))
+
+
+def _check_summary_video(uri: str, expected_frames: int) -> None:
+    with av.open(str(_path(uri))) as c:
+        s = c.streams.video[0]
+        assert (s.codec_context.name, s.codec_context.pix_fmt) == ("h264", "yuv420p")
+        assert sum(1 for _ in c.decode(s)) == expected_frames
+
+
+async def _read_run(run_id: str):
+    async with get_client() as client:
+        run = await client.read_flow_run(run_id)
+        artifacts = await client.read_artifacts()
+    return run, [a for a in artifacts if a.flow_run_id == run.id]
+
+
+def test_a_scan_runs_end_to_end(good_scan: SyntheticScan, results_dir: Path) -> None:
+    manifest_uri = process_scan("scan-a", "patient-1", good_scan.path.as_uri())
+    path = _path(manifest_uri)
+    assert path == results_dir / "patient-1" / "scan-a" / "manifest.json"
+    raw = json.loads(path.read_text())
+    jsonschema.validate(raw, SCHEMA)
+    m = Manifest.model_validate(raw)
+    assert (m.scan_id, m.patient_id, m.status) == ("scan-a", "patient-1", "completed")
+    assert m.video.width == 320 and m.video.fps == pytest.approx(15)
+    assert m.quality.usable and m.quality.frames_decoded == 90
+    assert m.model.name == "mobilenet_v2-imagenet" and len(m.model.sha256) == 64
+    assert set(m.timings_s) == {"download_scan", "extract_frames", "run_inference",
+                                "render_summary", "compute_tracking"}
+    assert m.code_version.startswith("0.1.0")
+    assert m.tracking is None  # first scan of this patient
+    # every artifact exists and is valid
+    seg = json.loads(_path(m.artifacts.frame_quality).read_text())
+    assert len(seg["rows"]) == 90
+    assert decode_jpeg(_path(m.artifacts.contact_sheet).read_bytes()).ndim == 3
+    assert len(m.artifacts.keyframes) == 12
+    for k in m.artifacts.keyframes:
+        assert decode_jpeg(_path(k.uri).read_bytes()).shape == (240, 320, 3)
+    assert m.artifacts.summary_video_frames == 12 * 5  # 12 kept frames, 0.5 s each at 10 fps
+    _check_summary_video(m.artifacts.summary_video, m.artifacts.summary_video_frames)
+    # the run in the UI: named after the scan, with a markdown summary
+    import asyncio
+
+    run, artifacts = asyncio.run(_read_run(m.flow_run_id or ""))
+    assert run.name == "scan-a"
+    assert any(a.type == "markdown" and "usable frames" in (a.data or "") for a in artifacts)
+
+
+def test_a_later_scan_is_tracked_against_the_earlier_one(
+    good_scan: SyntheticScan, later_scan: SyntheticScan, results_dir: Path
+) -> None:
+    process_scan("first", "patient-2", good_scan.path.as_uri())
+    m = Manifest.model_validate_json(
+        _path(process_scan("second", "patient-2", later_scan.path.as_uri())).read_text())
+    assert m.tracking is not None
+    assert m.tracking.previous_scan_id == "first"
+    assert m.tracking.mean_similarity > 0.8
+    assert m.tracking.trusted_pairs >= 1
+    assert m.artifacts.tracking and _path(m.artifacts.tracking).is_file()
+    # a third scan, pinned to the first one, tracks against it rather than the latest
+    m3 = Manifest.model_validate_json(_path(process_scan(
+        "third", "patient-2", later_scan.path.as_uri(), previous_scan_ids=["first"])).read_text())
+    assert m3.tracking is not None and m3.tracking.previous_scan_id == "first"
