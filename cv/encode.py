@@ -35,12 +35,12 @@ class H264Writer:
         rate = Fraction(fps).limit_denominator(1001)
         stream = self._container.add_stream("libx264", rate=rate)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        options = {"preset": preset, "profile": "high"}
+        options: dict[str, str] = {"preset": preset, "profile": "high"}
         if bitrate:
             stream.bit_rate = bitrate
         else:
             options["crf"] = str(crf)
-        stream.options = options
+        stream.options = options  # type: ignore[assignment]
         if rotation:
             stream.set_display_rotation(rotation)
         self._stream = stream

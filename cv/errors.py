@@ -14,7 +14,7 @@ import enum
 import re
 
 
-class Reason(str, enum.Enum):
+class Reason(enum.StrEnum):
     NOT_FOUND = "not_found"
     ACCESS_DENIED = "access_denied"
     TOO_LARGE = "too_large"

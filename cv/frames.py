@@ -80,37 +80,51 @@ def probe_video(path: Path, limits: VideoLimits) -> VideoInfo:
     """
     size = os.path.getsize(path)
     if size == 0:
-        raise RejectedScan(Reason.UNREADABLE_VIDEO, f"{path.name} is empty (0 bytes): the upload "
-                           "contains no data.")
+        raise RejectedScan(
+            Reason.UNREADABLE_VIDEO, f"{path.name} is empty (0 bytes): the upload contains no data."
+        )
     if size > limits.max_bytes:
-        raise RejectedScan(Reason.TOO_LARGE, f"{path.name} is {size / 1e6:.0f} MB; the limit is "
-                           f"{limits.max_bytes / 1e6:.0f} MB.")
+        raise RejectedScan(
+            Reason.TOO_LARGE,
+            f"{path.name} is {size / 1e6:.0f} MB; the limit is {limits.max_bytes / 1e6:.0f} MB.",
+        )
     with _open(path) as container:
         if not container.streams.video:
             kinds = ", ".join(sorted({s.type for s in container.streams})) or "none"
-            raise RejectedScan(Reason.NO_VIDEO_STREAM, f"{path.name} has no video stream "
-                               f"(streams found: {kinds}).")
+            raise RejectedScan(
+                Reason.NO_VIDEO_STREAM, f"{path.name} has no video stream (streams found: {kinds})."
+            )
         stream = container.streams.video[0]
         ctx = stream.codec_context
         width, height = int(ctx.width or 0), int(ctx.height or 0)
         if width <= 0 or height <= 0:
-            raise RejectedScan(Reason.UNREADABLE_VIDEO, f"{path.name}: the video stream has no "
-                               "frame size; the file is damaged or not a video.")
+            raise RejectedScan(
+                Reason.UNREADABLE_VIDEO,
+                f"{path.name}: the video stream has no "
+                "frame size; the file is damaged or not a video.",
+            )
         duration = _duration_s(container, stream)
         rate = stream.average_rate or stream.guessed_rate
         fps = float(rate) if rate else None
         codec = ctx.name
     pixels = width * height
     if pixels > limits.max_pixels or pixels < limits.min_pixels:
-        raise RejectedScan(Reason.RESOLUTION_OUT_OF_RANGE, f"{path.name} is {width}x{height}; "
-                           f"scans must have between {limits.min_pixels} and {limits.max_pixels} "
-                           "pixels per frame.")
+        raise RejectedScan(
+            Reason.RESOLUTION_OUT_OF_RANGE,
+            f"{path.name} is {width}x{height}; "
+            f"scans must have between {limits.min_pixels} and {limits.max_pixels} "
+            "pixels per frame.",
+        )
     if duration is not None and duration > limits.max_duration_s:
-        raise RejectedScan(Reason.TOO_LONG, f"{path.name} lasts {duration:.0f} s; the limit is "
-                           f"{limits.max_duration_s:.0f} s.")
+        raise RejectedScan(
+            Reason.TOO_LONG,
+            f"{path.name} lasts {duration:.0f} s; the limit is {limits.max_duration_s:.0f} s.",
+        )
     if fps is not None and fps > limits.max_fps * 1.01:
-        raise RejectedScan(Reason.RESOLUTION_OUT_OF_RANGE, f"{path.name} runs at {fps:.0f} fps; "
-                           f"the limit is {limits.max_fps:.0f} fps.")
+        raise RejectedScan(
+            Reason.RESOLUTION_OUT_OF_RANGE,
+            f"{path.name} runs at {fps:.0f} fps; the limit is {limits.max_fps:.0f} fps.",
+        )
     return VideoInfo(size, codec, width, height, duration, fps)
 
 
@@ -127,20 +141,21 @@ def luma_plane(frame: av.VideoFrame) -> npt.NDArray[np.uint8]:
     fmt = frame.format.name
     plane = frame.planes[0]
     if fmt in _PLANAR_8BIT:
-        buf = np.frombuffer(plane, np.uint8).reshape(frame.height, plane.line_size)
+        buf = np.frombuffer(memoryview(plane), np.uint8).reshape(frame.height, plane.line_size)
         return buf[:, : frame.width]
     if fmt in _PLANAR_16BIT_LE:
-        buf16 = np.frombuffer(plane, "<u2").reshape(frame.height, plane.line_size // 2)
+        buf16 = np.frombuffer(memoryview(plane), np.dtype("<u2")).reshape(
+            frame.height, plane.line_size // 2
+        )
         shift = 2 if "10" in fmt else 4 if "12" in fmt else 8
         return (buf16[:, : frame.width] >> shift).astype(np.uint8)
-    gray: npt.NDArray[np.uint8] = frame.to_ndarray(format="gray")
-    return gray
+    return np.asarray(frame.to_ndarray(format="gray"), np.uint8)
 
 
-_PLANAR_8BIT = frozenset({"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p",
-                          "nv12", "nv21", "gray"})
-_PLANAR_16BIT_LE = frozenset({"yuv420p10le", "yuv422p10le", "yuv444p10le", "yuv420p12le",
-                              "p010le"})
+_PLANAR_8BIT = frozenset(
+    {"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p", "nv12", "nv21", "gray"}
+)
+_PLANAR_16BIT_LE = frozenset({"yuv420p10le", "yuv422p10le", "yuv444p10le", "yuv420p12le", "p010le"})
 
 
 def _upright(rgb: RGBFrame, rotation: int) -> RGBFrame:
@@ -153,7 +168,7 @@ def _to_rgb(frame: av.VideoFrame, max_side: int) -> RGBFrame:
     scale = min(1.0, max_side / max(frame.width, frame.height))
     w = max(2, int(round(frame.width * scale / 2)) * 2)
     h = max(2, int(round(frame.height * scale / 2)) * 2)
-    rgb: RGBFrame = frame.to_ndarray(format="rgb24", width=w, height=h)
+    rgb = np.asarray(frame.to_ndarray(format="rgb24", width=w, height=h), np.uint8)
     return _upright(rgb, int(getattr(frame, "rotation", 0) or 0))
 
 
@@ -197,19 +212,27 @@ def sample_frames(
             stream = container.streams.video[0]
             for index, frame in enumerate(container.decode(stream)):
                 if index >= max_frames:
-                    raise RejectedScan(Reason.TOO_LONG, f"{path.name} holds more than {max_frames} "
-                                       "frames, beyond the duration and frame-rate limits.")
+                    raise RejectedScan(
+                        Reason.TOO_LONG,
+                        f"{path.name} holds more than {max_frames} "
+                        "frames, beyond the duration and frame-rate limits.",
+                    )
                 if frame.width * frame.height > limits.max_pixels:
-                    raise RejectedScan(Reason.RESOLUTION_OUT_OF_RANGE, f"{path.name} has a "
-                                       f"{frame.width}x{frame.height} frame; the limit is "
-                                       f"{limits.max_pixels} pixels.")
+                    raise RejectedScan(
+                        Reason.RESOLUTION_OUT_OF_RANGE,
+                        f"{path.name} has a "
+                        f"{frame.width}x{frame.height} frame; the limit is "
+                        f"{limits.max_pixels} pixels.",
+                    )
                 t = float(frame.time) if frame.time is not None else index / (info.fps or 30.0)
                 if first_t is None:
                     first_t = t
                 t -= first_t
                 if t > limits.max_duration_s:
-                    raise RejectedScan(Reason.TOO_LONG, f"{path.name} runs past "
-                                       f"{limits.max_duration_s:.0f} s, the limit.")
+                    raise RejectedScan(
+                        Reason.TOO_LONG,
+                        f"{path.name} runs past {limits.max_duration_s:.0f} s, the limit.",
+                    )
                 last_t = max(last_t, t)
                 q = analyzer.measure(luma_plane(frame), index, t)
                 qualities.append(q)
@@ -223,16 +246,22 @@ def sample_frames(
             if best is not None:
                 on_frame(SampledFrame(best[2], _to_rgb(best[1], max_side)))
     except av.error.FFmpegError as exc:
-        raise RejectedScan(Reason.UNREADABLE_VIDEO, f"{path.name} could not be decoded after "
-                           f"{len(qualities)} frames ({exc.strerror or exc}); the file is "
-                           "damaged or the upload was cut short.") from exc
+        raise RejectedScan(
+            Reason.UNREADABLE_VIDEO,
+            f"{path.name} could not be decoded after "
+            f"{len(qualities)} frames ({exc.strerror or exc}); the file is "
+            "damaged or the upload was cut short.",
+        ) from exc
     if not qualities:
         raise RejectedScan(Reason.UNREADABLE_VIDEO, f"{path.name} contains no decodable frame.")
     frame_period = 1.0 / info.fps if info.fps else 0.0
     decoded = last_t + frame_period
     if info.duration_s and decoded < 0.9 * info.duration_s - 0.5:
-        raise RejectedScan(Reason.UNREADABLE_VIDEO, f"{path.name} declares {info.duration_s:.1f} s "
-                           f"but only {decoded:.1f} s could be decoded: the upload was cut short.")
+        raise RejectedScan(
+            Reason.UNREADABLE_VIDEO,
+            f"{path.name} declares {info.duration_s:.1f} s "
+            f"but only {decoded:.1f} s could be decoded: the upload was cut short.",
+        )
     return qualities
 
 

@@ -25,7 +25,9 @@ _MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
 _STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
 
 
-def _conv_bn(inp: int, out: int, kernel: int = 3, stride: int = 1, groups: int = 1) -> nn.Sequential:
+def _conv_bn(
+    inp: int, out: int, kernel: int = 3, stride: int = 1, groups: int = 1
+) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(inp, out, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False),
         nn.BatchNorm2d(out),
@@ -56,8 +58,15 @@ class _InvertedResidual(nn.Module):
 class MobileNetV2(nn.Module):
     """MobileNetV2 (width 1.0) with torchvision's parameter names."""
 
-    _SETTING = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
-                (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
+    _SETTING = (
+        (1, 16, 1, 1),
+        (6, 24, 2, 2),
+        (6, 32, 3, 2),
+        (6, 64, 4, 2),
+        (6, 96, 3, 1),
+        (6, 160, 3, 2),
+        (6, 320, 1, 1),
+    )
 
     def __init__(self, num_classes: int = 1000) -> None:
         super().__init__()
@@ -119,9 +128,7 @@ def pick_device(preference: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
-def load_backbone(
-    weights: Path, identity: ModelIdentity, device: torch.device
-) -> LoadedModel:
+def load_backbone(weights: Path, identity: ModelIdentity, device: torch.device) -> LoadedModel:
     """Load MobileNetV2 weights after checking their sha256.
 
     Args:
@@ -138,17 +145,23 @@ def load_backbone(
         raise ProcessingError(Reason.MODEL_ERROR, f"model weights {weights} do not exist.")
     digest = sha256_file(weights)
     if digest != identity.sha256:
-        raise ProcessingError(Reason.MODEL_ERROR, f"model {identity.name} {identity.version}: "
-                              f"{weights.name} has sha256 {digest[:12]}…, expected "
-                              f"{identity.sha256[:12]}…; the file is damaged or not this model.")
+        raise ProcessingError(
+            Reason.MODEL_ERROR,
+            f"model {identity.name} {identity.version}: "
+            f"{weights.name} has sha256 {digest[:12]}…, expected "
+            f"{identity.sha256[:12]}…; the file is damaged or not this model.",
+        )
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
         net = MobileNetV2()
         net.load_state_dict(state)
     except Exception as exc:  # noqa: BLE001 - any load failure is a model error
-        raise ProcessingError(Reason.MODEL_ERROR, f"model {identity.name} {identity.version}: "
-                              f"cannot load {weights.name} ({type(exc).__name__}: "
-                              f"{str(exc)[:200]}).") from exc
+        raise ProcessingError(
+            Reason.MODEL_ERROR,
+            f"model {identity.name} {identity.version}: "
+            f"cannot load {weights.name} ({type(exc).__name__}: "
+            f"{str(exc)[:200]}).",
+        ) from exc
     net.eval().to(device)
     if device.type == "cuda":
         net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
@@ -162,8 +175,9 @@ def preprocess(frames: Sequence[npt.NDArray[np.uint8]]) -> npt.NDArray[np.float3
         h, w = rgb.shape[:2]
         s = min(h, w)
         y0, x0 = (h - s) // 2, (w - s) // 2
-        sq = cv2.resize(rgb[y0 : y0 + s, x0 : x0 + s], (INPUT_SIZE, INPUT_SIZE),
-                        interpolation=cv2.INTER_AREA)
+        sq = cv2.resize(
+            rgb[y0 : y0 + s, x0 : x0 + s], (INPUT_SIZE, INPUT_SIZE), interpolation=cv2.INTER_AREA
+        )
         out[i] = ((sq.astype(np.float32) - _MEAN) / _STD).transpose(2, 0, 1)
     return out
 

@@ -99,14 +99,15 @@ class LumaAnalyzer:
         dark = float(hist[:25].sum() / n)
         bright = float(hist[233:].sum() / n)
         tiny = cv2.resize(
-            small, (_MOTION_WIDTH, max(1, round(small.shape[0] * _MOTION_WIDTH / ANALYSIS_WIDTH))),
+            small,
+            (_MOTION_WIDTH, max(1, round(small.shape[0] * _MOTION_WIDTH / ANALYSIS_WIDTH))),
             interpolation=cv2.INTER_AREA,
         )
         if self._previous is None or self._previous.shape != tiny.shape:
             motion = 0.0
         else:
             motion = float(cv2.absdiff(tiny, self._previous).mean())
-        self._previous = tiny
+        self._previous = np.asarray(tiny, np.uint8)
         return FrameQuality(index, time_s, sharpness, brightness, dark, bright, motion)
 
 
@@ -144,15 +145,41 @@ def assess_scan(
     n = len(qualities)
     thr = sharpness_threshold(qualities, t)
     if n == 0:
-        return ScanQuality(False, 0, 0, 0.0, duration_s, 0.0, thr, 0.0, 0.0, 0.0, 0.0, 0.0,
-                           Reason.UNREADABLE_VIDEO, "Record the scan again; no frame could be read.")
+        return ScanQuality(
+            False,
+            0,
+            0,
+            0.0,
+            duration_s,
+            0.0,
+            thr,
+            0.0,
+            0.0,
+            0.0,
+            0.0,
+            0.0,
+            Reason.UNREADABLE_VIDEO,
+            "Record the scan again; no frame could be read.",
+        )
     sharp = np.array([q.sharpness for q in qualities])
     bright = np.array([q.brightness for q in qualities])
     blurry = float((sharp < thr).mean())
-    dark = float(np.mean([q.brightness < t.min_brightness or q.dark_fraction > t.max_dark_fraction
-                          for q in qualities]))
-    glare = float(np.mean([q.brightness > t.max_brightness or q.bright_fraction > t.max_bright_fraction
-                           for q in qualities]))
+    dark = float(
+        np.mean(
+            [
+                q.brightness < t.min_brightness or q.dark_fraction > t.max_dark_fraction
+                for q in qualities
+            ]
+        )
+    )
+    glare = float(
+        np.mean(
+            [
+                q.brightness > t.max_brightness or q.bright_fraction > t.max_bright_fraction
+                for q in qualities
+            ]
+        )
+    )
     fast = float(np.mean([q.motion > t.max_motion for q in qualities]))
     usable_n = sum(is_usable(q, thr, t) for q in qualities)
     fraction = usable_n / n
@@ -160,8 +187,10 @@ def assess_scan(
     guidance: str | None = None
     if duration_s < t.min_duration_s:
         reason = Reason.TOO_SHORT
-        guidance = (f"The scan lasts {duration_s:.1f} s; record at least {t.min_duration_s:.0f} s, "
-                    "moving slowly across all teeth.")
+        guidance = (
+            f"The scan lasts {duration_s:.1f} s; record at least {t.min_duration_s:.0f} s, "
+            "moving slowly across all teeth."
+        )
     elif usable_n < t.min_usable_frames or fraction < t.min_usable_fraction:
         reason = Reason.TOO_FEW_USABLE_FRAMES
         guidance = _guidance(blurry, dark, glare, fast)
@@ -202,6 +231,8 @@ def raise_if_rejected(quality: ScanQuality) -> None:
     """Turn a rejecting verdict into a RejectedScan with the patient's guidance."""
     if quality.usable or quality.reason is None:
         return
-    figures = (f"{quality.usable_frames} of {quality.frames_decoded} frames usable "
-               f"({quality.usable_fraction:.0%}), {quality.duration_s:.1f} s")
+    figures = (
+        f"{quality.usable_frames} of {quality.frames_decoded} frames usable "
+        f"({quality.usable_fraction:.0%}), {quality.duration_s:.1f} s"
+    )
     raise RejectedScan(quality.reason, f"{figures}. {quality.guidance}", guidance=quality.guidance)

@@ -85,10 +85,26 @@ def _overlay(rgb: RGB, f: SummaryFrame) -> RGB:
     scale = max(0.4, w / 900)
     thick = max(1, int(round(scale * 2)))
     label = f"{f.time_s:5.1f} s" + (f"  {f.view.replace('_', ' ')}" if f.view else "")
-    cv2.putText(img, label, (int(10 * scale), h - int(12 * scale)), cv2.FONT_HERSHEY_SIMPLEX,
-                scale, (255, 255, 255), thick + 2, cv2.LINE_AA)
-    cv2.putText(img, label, (int(10 * scale), h - int(12 * scale)), cv2.FONT_HERSHEY_SIMPLEX,
-                scale, (20, 20, 20), thick, cv2.LINE_AA)
+    cv2.putText(
+        img,
+        label,
+        (int(10 * scale), h - int(12 * scale)),
+        cv2.FONT_HERSHEY_SIMPLEX,
+        scale,
+        (255, 255, 255),
+        thick + 2,
+        cv2.LINE_AA,
+    )
+    cv2.putText(
+        img,
+        label,
+        (int(10 * scale), h - int(12 * scale)),
+        cv2.FONT_HERSHEY_SIMPLEX,
+        scale,
+        (20, 20, 20),
+        thick,
+        cv2.LINE_AA,
+    )
     r = int(9 * scale) + 2
     cv2.circle(img, (w - 2 * r, 2 * r), r, _GREEN if f.usable else _AMBER, -1, cv2.LINE_AA)
     return img
@@ -100,7 +116,11 @@ def _even(rgb: RGB) -> RGB:
 
 
 def render_summary_video(
-    path: Path, frames: Sequence[RGB], info: Sequence[SummaryFrame], *, seconds_per_frame: float,
+    path: Path,
+    frames: Sequence[RGB],
+    info: Sequence[SummaryFrame],
+    *,
+    seconds_per_frame: float,
     fps: float = SUMMARY_FPS,
 ) -> int:
     """Write the summary MP4 (H.264 High, yuv420p, faststart): each frame held for
@@ -115,15 +135,16 @@ def render_summary_video(
     with H264Writer(path, w, h, fps, crf=23, preset="veryfast") as writer:
         for rgb, f in zip(frames, info, strict=True):
             if rgb.shape[:2] != (h, w):
-                rgb = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)
+                rgb = np.asarray(cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA), np.uint8)
             img = _overlay(_even(rgb), f)
             for _ in range(repeat):
                 writer.write(img)
         return writer.frames
 
 
-def contact_sheet(frames: Sequence[RGB], info: Sequence[SummaryFrame], *, columns: int = 4,
-                  tile_width: int = 320) -> RGB:
+def contact_sheet(
+    frames: Sequence[RGB], info: Sequence[SummaryFrame], *, columns: int = 4, tile_width: int = 320
+) -> RGB:
     """A grid of thumbnails with their overlays, as one RGB image."""
     if not frames:
         raise ValueError("contact sheet needs at least one frame")
@@ -132,7 +153,8 @@ def contact_sheet(frames: Sequence[RGB], info: Sequence[SummaryFrame], *, column
     rows = (len(frames) + columns - 1) // columns
     sheet = np.full((rows * tile_h, columns * tile_width, 3), 24, np.uint8)
     for i, (rgb, f) in enumerate(zip(frames, info, strict=True)):
-        tile = _overlay(cv2.resize(rgb, (tile_width, tile_h), interpolation=cv2.INTER_AREA), f)
+        small = cv2.resize(rgb, (tile_width, tile_h), interpolation=cv2.INTER_AREA)
+        tile = _overlay(np.asarray(small, np.uint8), f)
         r, c = divmod(i, columns)
         sheet[r * tile_h : (r + 1) * tile_h, c * tile_width : (c + 1) * tile_width] = tile
     return sheet

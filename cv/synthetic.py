@@ -115,13 +115,13 @@ def _render_canvas(
             cv2.rectangle(canvas, p0, p1, shade, -1, cv2.LINE_AA)
             cv2.rectangle(canvas, p0, p1, (150, 120, 110), 1, cv2.LINE_AA)
     # enamel micro-texture everywhere (cheap and gives the Laplacian something to see)
-    canvas = np.clip(canvas.astype(np.int16) + speck[..., None], 0, 255).astype(np.uint8)
-    return canvas
+    textured = np.clip(canvas.astype(np.int16) + speck[..., None], 0, 255)
+    return np.asarray(textured, np.uint8)
 
 
-def _frames(spec: ScanSpec, canvas: npt.NDArray[np.uint8], view_w: int) -> Iterator[
-    tuple[npt.NDArray[np.uint8], FrameTruth]
-]:
+def _frames(
+    spec: ScanSpec, canvas: npt.NDArray[np.uint8], view_w: int
+) -> Iterator[tuple[npt.NDArray[np.uint8], FrameTruth]]:
     n = max(1, int(round(spec.duration_s * spec.fps)))
     ch, cw = canvas.shape[:2]
     crop_w = int(view_w * 0.8)
@@ -144,8 +144,10 @@ def _frames(spec: ScanSpec, canvas: npt.NDArray[np.uint8], view_w: int) -> Itera
         if i in spec.glare:
             frame = np.clip(frame.astype(np.int16) * 2 + 120, 0, 255).astype(np.uint8)
         view = VIEWS[min(len(VIEWS) - 1, int((xi + crop_w / 2) // view_w))]
-        yield frame, FrameTruth(i, view, i in spec.blurred, i in spec.dark, i in spec.glare,
-                                i in spec.fast)
+        yield (
+            np.asarray(frame, np.uint8),
+            FrameTruth(i, view, i in spec.blurred, i in spec.dark, i in spec.glare, i in spec.fast),
+        )
 
 
 def render_scan(path: Path, spec: ScanSpec) -> SyntheticScan:
@@ -163,8 +165,9 @@ def render_scan(path: Path, spec: ScanSpec) -> SyntheticScan:
     teeth = _layout(rng, view_w, view_h)
     canvas = _render_canvas(spec, teeth, view_w, view_h)
     truth: list[FrameTruth] = []
-    with H264Writer(path, spec.width, spec.height, spec.fps, bitrate=spec.bitrate,
-                    rotation=spec.rotation) as writer:
+    with H264Writer(
+        path, spec.width, spec.height, spec.fps, bitrate=spec.bitrate, rotation=spec.rotation
+    ) as writer:
         for frame, t in _frames(spec, canvas, view_w):
             writer.write(frame)
             truth.append(t)

@@ -71,7 +71,7 @@ def _gray(rgb: RGB, width: int = 480) -> npt.NDArray[np.uint8]:
     g = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
     if w != width:
         g = cv2.resize(g, (width, int(round(h * width / w))), interpolation=cv2.INTER_AREA)
-    return g
+    return np.asarray(g, np.uint8)
 
 
 def register(a: RGB, b: RGB, t: RegistrationThresholds | None = None) -> Registration:
@@ -87,8 +87,10 @@ def register(a: RGB, b: RGB, t: RegistrationThresholds | None = None) -> Registr
     t = t or RegistrationThresholds()
     ga, gb = _gray(a), _gray(b)
     if gb.shape != ga.shape:
-        gb = cv2.resize(gb, (ga.shape[1], ga.shape[0]), interpolation=cv2.INTER_AREA)
-    orb = cv2.ORB_create(nfeatures=1500)
+        gb = np.asarray(
+            cv2.resize(gb, (ga.shape[1], ga.shape[0]), interpolation=cv2.INTER_AREA), np.uint8
+        )
+    orb = cv2.ORB_create(nfeatures=1500)  # type: ignore[attr-defined]
     ka, da = orb.detectAndCompute(ga, None)
     kb, db = orb.detectAndCompute(gb, None)
     if da is None or db is None or len(ka) < 8 or len(kb) < 8:
@@ -100,8 +102,8 @@ def register(a: RGB, b: RGB, t: RegistrationThresholds | None = None) -> Registr
             good.append(pair[0])
     if len(good) < 8:
         return Registration(len(good), 0, 0.0, float("inf"), False, None, 0.0, "too few matches")
-    src = np.float32([kb[m.queryIdx].pt for m in good]).reshape(-1, 1, 2)
-    dst = np.float32([ka[m.trainIdx].pt for m in good]).reshape(-1, 1, 2)
+    src = np.array([kb[m.queryIdx].pt for m in good], np.float32).reshape(-1, 1, 2)
+    dst = np.array([ka[m.trainIdx].pt for m in good], np.float32).reshape(-1, 1, 2)
     hom, mask = cv2.findHomography(src, dst, cv2.RANSAC, 3.0)
     if hom is None:
         return Registration(len(good), 0, 0.0, float("inf"), False, None, 0.0, "no homography")
@@ -139,8 +141,11 @@ class ScanComparison:
 
 
 def compare_scans(
-    current_frames: Sequence[RGB], current_emb: npt.NDArray[np.float32],
-    previous_frames: Sequence[RGB], previous_emb: npt.NDArray[np.float32], pairs: int = 5,
+    current_frames: Sequence[RGB],
+    current_emb: npt.NDArray[np.float32],
+    previous_frames: Sequence[RGB],
+    previous_emb: npt.NDArray[np.float32],
+    pairs: int = 5,
 ) -> ScanComparison:
     """Pair the two scans' keyframes and register each pair.
 
@@ -149,8 +154,9 @@ def compare_scans(
         over the trustworthy pairs (None when none is trustworthy).
     """
     chosen = pair_frames(current_emb, previous_emb, pairs)
-    regs = tuple((p, register(current_frames[p.current], previous_frames[p.previous]))
-                 for p in chosen)
+    regs = tuple(
+        (p, register(current_frames[p.current], previous_frames[p.previous])) for p in chosen
+    )
     trusted = [r.change_score for _, r in regs if r.change_score is not None]
     return ScanComparison(
         pairs=regs,

@@ -49,11 +49,13 @@ def _to_uri(video: str) -> str:
 
 def ui_run_url(settings: Settings, flow_run_id: str) -> str:
     base = os.environ.get("PREFECT_UI_URL") or os.environ.get(
-        "PREFECT_API_URL", settings.api_url).removesuffix("/api")
+        "PREFECT_API_URL", settings.api_url
+    ).removesuffix("/api")
     return f"{base}/runs/flow-run/{flow_run_id}"
 
 
 # -- commands ------------------------------------------------------------------------------
+
 
 def cmd_up(args: argparse.Namespace, settings: Settings, stack: LocalStack) -> int:
     for part, state in stack.up().items():
@@ -84,9 +86,17 @@ def cmd_sample(args: argparse.Namespace, settings: Settings, stack: LocalStack) 
 
     out = Path(args.path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    render_scan(out, ScanSpec(width=args.width, height=args.height, fps=args.fps,
-                              duration_s=args.seconds, seed=args.seed,
-                              blurred=frozenset(range(30, 45))))
+    render_scan(
+        out,
+        ScanSpec(
+            width=args.width,
+            height=args.height,
+            fps=args.fps,
+            duration_s=args.seconds,
+            seed=args.seed,
+            blurred=frozenset(range(30, 45)),
+        ),
+    )
     print(out)
     return 0
 
@@ -102,9 +112,13 @@ def cmd_process(args: argparse.Namespace, settings: Settings, stack: LocalStack)
     uri = _to_uri(args.video)
     options = ScanOptions.model_validate_json(args.options) if args.options else None
     with tags("scanflow", "cli"):
-        state = process_scan(scan_id=args.scan_id or _default_scan_id(uri),
-                             patient_id=args.patient_id, video_uri=uri, options=options,
-                             return_state=True)
+        state = process_scan(
+            scan_id=args.scan_id or _default_scan_id(uri),
+            patient_id=args.patient_id,
+            video_uri=uri,
+            options=options,
+            return_state=True,
+        )
     if state.is_completed():
         print(state.result())
         return 0
@@ -112,21 +126,31 @@ def cmd_process(args: argparse.Namespace, settings: Settings, stack: LocalStack)
     return 1
 
 
-async def submit_scan(settings: Settings, *, video_uri: str, patient_id: str, scan_id: str,
-                      options: dict[str, Any] | None = None, rerun: bool = False) -> Any:
+async def submit_scan(
+    settings: Settings,
+    *,
+    video_uri: str,
+    patient_id: str,
+    scan_id: str,
+    options: dict[str, Any] | None = None,
+    rerun: bool = False,
+) -> Any:
     """Create a run of the process-scan deployment; the same scan gives the same run."""
     from prefect.client.orchestration import get_client
 
-    params: dict[str, Any] = {"scan_id": scan_id, "patient_id": patient_id,
-                              "video_uri": video_uri}
+    params: dict[str, Any] = {"scan_id": scan_id, "patient_id": patient_id, "video_uri": video_uri}
     if options:
         params["options"] = options
     key = f"process-scan/{patient_id}/{scan_id}" + (f"@{time.time_ns()}" if rerun else "")
     async with get_client() as client:
         deployment = await client.read_deployment_by_name(settings.deployment)
         return await client.create_flow_run_from_deployment(
-            deployment.id, parameters=params, name=scan_id, idempotency_key=key,
-            tags=["scanflow", "cli"])
+            deployment.id,
+            parameters=params,
+            name=scan_id,
+            idempotency_key=key,
+            tags=["scanflow", "cli"],
+        )
 
 
 async def wait_for_run(flow_run_id: Any, timeout: float) -> Any:
@@ -139,8 +163,10 @@ async def wait_for_run(flow_run_id: Any, timeout: float) -> Any:
             if run.state and run.state.type.value in FINAL:
                 return run
             if time.monotonic() > deadline:
-                raise TimeoutError(f"flow run {flow_run_id} not finished after {timeout:.0f} s "
-                                   f"(state {run.state.name if run.state else '?'})")
+                raise TimeoutError(
+                    f"flow run {flow_run_id} not finished after {timeout:.0f} s "
+                    f"(state {run.state.name if run.state else '?'})"
+                )
             await asyncio.sleep(0.5)
 
 
@@ -164,9 +190,16 @@ def cmd_submit(args: argparse.Namespace, settings: Settings, stack: LocalStack) 
     _point_prefect_at(stack)
     uri = _to_uri(args.video)
     options = json.loads(args.options) if args.options else None
-    run = asyncio.run(submit_scan(settings, video_uri=uri, patient_id=args.patient_id,
-                                  scan_id=args.scan_id or _default_scan_id(uri),
-                                  options=options, rerun=args.rerun))
+    run = asyncio.run(
+        submit_scan(
+            settings,
+            video_uri=uri,
+            patient_id=args.patient_id,
+            scan_id=args.scan_id or _default_scan_id(uri),
+            options=options,
+            rerun=args.rerun,
+        )
+    )
     print(run.id)
     if args.wait:
         return _report(settings, asyncio.run(wait_for_run(run.id, args.timeout)))
@@ -180,10 +213,18 @@ def cmd_demo(args: argparse.Namespace, settings: Settings, stack: LocalStack) ->
         print(f"{part}: {state}")
     sample = settings.home.resolve() / "samples" / "sample-scan.mp4"
     if not sample.is_file():
-        cmd_sample(argparse.Namespace(path=str(sample), width=640, height=480, fps=30.0,
-                                      seconds=20.0, seed=7), settings, stack)
-    run = asyncio.run(submit_scan(settings, video_uri=sample.as_uri(), patient_id="demo-patient",
-                                  scan_id="sample-scan"))
+        cmd_sample(
+            argparse.Namespace(
+                path=str(sample), width=640, height=480, fps=30.0, seconds=20.0, seed=7
+            ),
+            settings,
+            stack,
+        )
+    run = asyncio.run(
+        submit_scan(
+            settings, video_uri=sample.as_uri(), patient_id="demo-patient", scan_id="sample-scan"
+        )
+    )
     print(f"submitted flow run {run.id}")
     finished = asyncio.run(wait_for_run(run.id, args.timeout))
     code = _report(settings, finished)
@@ -193,8 +234,9 @@ def cmd_demo(args: argparse.Namespace, settings: Settings, stack: LocalStack) ->
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="scanflow", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="scanflow", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("up", help="start the local server, pool, deployment and worker")
     sub.add_parser("down", help="stop the local worker and server")
@@ -203,8 +245,10 @@ def build_parser() -> argparse.ArgumentParser:
     srv = sub.add_parser("server", help="the local Prefect server")
     srv.add_argument("action", choices=["start", "stop", "status"])
     srv.add_argument("--database", choices=["sqlite", "postgres"])
-    for name, help_ in (("process", "run the flow here, now"),
-                        ("submit", "create a run of the deployment through the API")):
+    for name, help_ in (
+        ("process", "run the flow here, now"),
+        ("submit", "create a run of the deployment through the API"),
+    ):
         c = sub.add_parser(name, help=help_)
         c.add_argument("video", help="local path, file:// or s3:// URI")
         c.add_argument("--patient-id", default="anonymous")
@@ -224,8 +268,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-COMMANDS = {"up": cmd_up, "down": cmd_down, "server": cmd_server, "sample": cmd_sample,
-            "process": cmd_process, "submit": cmd_submit, "demo": cmd_demo}
+COMMANDS = {
+    "up": cmd_up,
+    "down": cmd_down,
+    "server": cmd_server,
+    "sample": cmd_sample,
+    "process": cmd_process,
+    "submit": cmd_submit,
+    "demo": cmd_demo,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -63,27 +63,48 @@ def process_scan(
         with _timed(timings, "extract_frames"):
             frames = extract_frames(video.local_path, scan_uri, str(work), options)
         with _timed(timings, "run_inference"):
-            inference = run_inference(frames, scan_uri, options.model, options.device,
-                                      options.batch_size, str(settings.models_dir))
+            inference = run_inference(
+                frames,
+                scan_uri,
+                options.model,
+                options.device,
+                options.batch_size,
+                str(settings.models_dir),
+            )
         with _timed(timings, "render_summary"):
             summary = render_summary(frames, inference, scan_uri, str(work), options)
         with _timed(timings, "compute_tracking"):
-            tracking = compute_tracking(patient_id, scan_id, settings.results_root, scan_uri,
-                                        previous_scan_ids, summary, inference)
+            tracking = compute_tracking(
+                patient_id,
+                scan_id,
+                settings.results_root,
+                scan_uri,
+                previous_scan_ids,
+                summary,
+                inference,
+            )
         manifest = Manifest(
-            scan_id=scan_id, patient_id=patient_id,
+            scan_id=scan_id,
+            patient_id=patient_id,
             flow_run_id=str(runtime.flow_run.id) if runtime.flow_run.id else None,
-            code_version=settings.resolved_code_version(), started_at=started,
-            completed_at=datetime.now(UTC), source_uri=video_uri, video=frames.video,
-            quality=frames.quality, model=inference.model, timings_s=timings,
-            artifacts=Artifacts(summary_video=summary.video_uri,
-                                summary_video_frames=summary.video_frames,
-                                summary_video_seconds=summary.video_seconds,
-                                contact_sheet=summary.contact_sheet_uri,
-                                keyframes=summary.keyframes,
-                                embeddings=inference.embeddings_uri,
-                                frame_quality=frames.frame_quality_uri,
-                                tracking=tracking.uri if tracking else None),
+            code_version=settings.resolved_code_version(),
+            started_at=started,
+            completed_at=datetime.now(UTC),
+            source_uri=video_uri,
+            video=frames.video,
+            quality=frames.quality,
+            model=inference.model,
+            timings_s=timings,
+            artifacts=Artifacts(
+                summary_video=summary.video_uri,
+                summary_video_frames=summary.video_frames,
+                summary_video_seconds=summary.video_seconds,
+                contact_sheet=summary.contact_sheet_uri,
+                keyframes=summary.keyframes,
+                embeddings=inference.embeddings_uri,
+                frame_quality=frames.frame_quality_uri,
+                tracking=tracking.uri if tracking else None,
+            ),
             tracking=tracking.summary if tracking else None,
         )
         return publish_manifest(manifest, scan_uri)
@@ -97,10 +118,14 @@ def process_scan(
 def _report_failure(scan_id: str, exc: ScanError) -> None:
     get_run_logger().error("scan %s failed: %s", scan_id, exc)
     verdict = "rejected: the patient should re-scan" if exc.reason.is_patient_fixable else "failed"
-    lines = [f"## Scan `{scan_id}`: {verdict}", "", f"- reason: `{exc.reason.value}`",
-             f"- {exc.message}"]
+    lines = [
+        f"## Scan `{scan_id}`: {verdict}",
+        "",
+        f"- reason: `{exc.reason.value}`",
+        f"- {exc.message}",
+    ]
     if exc.guidance:
         lines.append(f"- guidance for the patient: {exc.guidance}")
-    create_markdown_artifact(key=artifact_key(scan_id), markdown="\n".join(lines),
-                             description=f"scan {scan_id}")
-
+    create_markdown_artifact(
+        key=artifact_key(scan_id), markdown="\n".join(lines), description=f"scan {scan_id}"
+    )

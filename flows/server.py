@@ -6,6 +6,7 @@ and reused. State lives under the settings' home folder (default ``.scanflow/``)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import signal
@@ -56,9 +57,15 @@ class Service:
         self.pid_file.parent.mkdir(parents=True, exist_ok=True)
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_file, "ab") as log:
-            proc = subprocess.Popen(args, cwd=REPO_ROOT, env=env, stdout=log,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                args,
+                cwd=REPO_ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         self.pid_file.write_text(str(proc.pid))
         return proc.pid
 
@@ -78,10 +85,8 @@ class Service:
 
 
 def _signal_group(pid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def _alive(pid: int) -> bool:
@@ -139,8 +144,18 @@ class LocalStack:
         if self.settings.database == "postgres":
             asyncio.run(_ensure_postgres_database(self.settings.postgres_url))
         (self.home / "prefect").mkdir(parents=True, exist_ok=True)
-        self.server.start(PREFECT + ["server", "start", "--host", self.settings.server_host,
-                                     "--port", str(self.settings.server_port)], self.server_env())
+        self.server.start(
+            PREFECT
+            + [
+                "server",
+                "start",
+                "--host",
+                self.settings.server_host,
+                "--port",
+                str(self.settings.server_port),
+            ],
+            self.server_env(),
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.healthy():
@@ -159,13 +174,20 @@ class LocalStack:
         spec = (REPO_ROOT / "prefect.yaml").read_bytes()
         stamp = self.home / "run" / "deployed.sha256"
         digest = hashlib.sha256(spec + self.settings.api_url.encode()).hexdigest()
-        if stamp.is_file() and stamp.read_text() == digest and asyncio.run(
-            _deployment_exists(self.settings.deployment)
+        if (
+            stamp.is_file()
+            and stamp.read_text() == digest
+            and asyncio.run(_deployment_exists(self.settings.deployment))
         ):
             return False
         name = self.settings.deployment.split("/", 1)[1]
-        subprocess.run(PREFECT + ["--no-prompt", "deploy", "--name", name], cwd=REPO_ROOT,
-                       env=self.client_env(), check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            PREFECT + ["--no-prompt", "deploy", "--name", name],
+            cwd=REPO_ROOT,
+            env=self.client_env(),
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         stamp.parent.mkdir(parents=True, exist_ok=True)
         stamp.write_text(digest)
         return True
@@ -176,8 +198,20 @@ class LocalStack:
         env = self.client_env()
         env["PREFECT_WORKER_QUERY_SECONDS"] = str(self.settings.worker_query_seconds)
         env["PREFECT_WORKER_PREFETCH_SECONDS"] = "5"
-        self.worker.start(PREFECT + ["worker", "start", "--pool", self.settings.work_pool,
-                                     "--type", "process", "--name", "scanflow-local"], env)
+        self.worker.start(
+            PREFECT
+            + [
+                "worker",
+                "start",
+                "--pool",
+                self.settings.work_pool,
+                "--type",
+                "process",
+                "--name",
+                "scanflow-local",
+            ],
+            env,
+        )
         return "started"
 
     def up(self) -> dict[str, str]:
@@ -185,16 +219,24 @@ class LocalStack:
         self.ensure_pool()
         deployed = self.deploy()
         worker = self.start_worker()
-        return {"server": server, "deployment": "applied" if deployed else "unchanged",
-                "worker": worker}
+        return {
+            "server": server,
+            "deployment": "applied" if deployed else "unchanged",
+            "worker": worker,
+        }
 
     def down(self) -> dict[str, bool]:
         return {"worker": self.worker.stop(), "server": self.server.stop()}
 
     def status(self) -> dict[str, object]:
-        return {"api_url": self.settings.api_url, "healthy": self.healthy(),
-                "server_pid": self.server.pid(), "worker_pid": self.worker.pid(),
-                "database": self.settings.database, "home": str(self.home)}
+        return {
+            "api_url": self.settings.api_url,
+            "healthy": self.healthy(),
+            "server_pid": self.server.pid(),
+            "worker_pid": self.worker.pid(),
+            "database": self.settings.database,
+            "home": str(self.home),
+        }
 
 
 async def _ensure_process_pool(name: str, concurrency: int) -> None:
@@ -204,12 +246,15 @@ async def _ensure_process_pool(name: str, concurrency: int) -> None:
     from prefect.workers.process import ProcessWorker
 
     async with get_client() as client:
-        try:
-            await client.create_work_pool(WorkPoolCreate(
-                name=name, type="process", concurrency_limit=concurrency,
-                base_job_template=ProcessWorker.get_default_base_job_template()))
-        except ObjectAlreadyExists:
-            pass
+        with contextlib.suppress(ObjectAlreadyExists):
+            await client.create_work_pool(
+                WorkPoolCreate(
+                    name=name,
+                    type="process",
+                    concurrency_limit=concurrency,
+                    base_job_template=ProcessWorker.get_default_base_job_template(),
+                )
+            )
 
 
 async def _deployment_exists(name: str) -> bool:
@@ -229,9 +274,13 @@ async def _ensure_postgres_database(url: str) -> None:
     from sqlalchemy.engine import make_url
 
     u = make_url(url)
-    conn = await asyncpg.connect(host=u.host or "127.0.0.1", port=u.port or 5432,
-                                 user=u.username or "postgres", password=u.password,
-                                 database="postgres")
+    conn = await asyncpg.connect(
+        host=u.host or "127.0.0.1",
+        port=u.port or 5432,
+        user=u.username or "postgres",
+        password=u.password,
+        database="postgres",
+    )
     try:
         exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", u.database)
         if not exists:

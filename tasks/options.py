@@ -23,8 +23,9 @@ class Limits(BaseModel):
     max_fps: float = Field(240.0, gt=0, description="Highest frame rate.")
 
     def video_limits(self) -> VideoLimits:
-        return VideoLimits(self.max_bytes, self.max_duration_s, self.max_pixels,
-                           self.min_pixels, self.max_fps)
+        return VideoLimits(
+            self.max_bytes, self.max_duration_s, self.max_pixels, self.min_pixels, self.max_fps
+        )
 
 
 class ModelRef(BaseModel):
@@ -54,5 +55,6 @@ class ScanOptions(BaseModel):
     model: ModelRef = Field(default_factory=ModelRef)
 
     def thresholds(self) -> QualityThresholds:
-        return QualityThresholds(min_duration_s=self.limits.min_duration_s,
-                                 min_usable_frames=self.min_usable_frames)
+        return QualityThresholds(
+            min_duration_s=self.limits.min_duration_s, min_usable_frames=self.min_usable_frames
+        )

@@ -121,8 +121,9 @@ class _storage_errors:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: object) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
         if exc is None or not isinstance(exc, OSError):
             return
         if isinstance(exc, FileNotFoundError):
@@ -130,8 +131,9 @@ class _storage_errors:
         if isinstance(exc, PermissionError):
             raise scan_error(Reason.ACCESS_DENIED, f"no permission to access {self.uri}.") from exc
         if exc.errno == errno.ENOSPC:
-            raise ProcessingError(Reason.STORAGE_ERROR, f"cannot write {self.uri}: the results "
-                                  "disk is full.") from exc
+            raise ProcessingError(
+                Reason.STORAGE_ERROR, f"cannot write {self.uri}: the results disk is full."
+            ) from exc
         raise ProcessingError(Reason.STORAGE_ERROR, f"{self.uri}: {exc.strerror or exc}.") from exc
 
 
@@ -142,8 +144,12 @@ def _s3_client() -> Any:
     import boto3
     from botocore.config import Config
 
-    config = Config(retries={"max_attempts": 8, "mode": "adaptive"}, connect_timeout=5,
-                    read_timeout=60, tcp_keepalive=True)
+    config = Config(
+        retries={"max_attempts": 8, "mode": "adaptive"},
+        connect_timeout=5,
+        read_timeout=60,
+        tcp_keepalive=True,
+    )
     return boto3.client("s3", config=config)
 
 
@@ -168,11 +174,14 @@ class S3Store:
                 raise scan_error(Reason.NOT_FOUND, f"{uri} does not exist.") from exc
             if code in {"AccessDenied", "403", "Forbidden"}:
                 raise scan_error(Reason.ACCESS_DENIED, f"access to {uri} was denied.") from exc
-            raise ProcessingError(Reason.STORAGE_ERROR, f"S3 refused {fn} on {uri} "
-                                  f"({code}).") from exc
+            raise ProcessingError(
+                Reason.STORAGE_ERROR, f"S3 refused {fn} on {uri} ({code})."
+            ) from exc
         except BotoCoreError as exc:
-            raise ProcessingError(Reason.STORAGE_ERROR, f"S3 {fn} on {uri} failed after retries "
-                                  f"({type(exc).__name__}).") from exc
+            raise ProcessingError(
+                Reason.STORAGE_ERROR,
+                f"S3 {fn} on {uri} failed after retries ({type(exc).__name__}).",
+            ) from exc
 
     def put_bytes(self, uri: str, data: bytes, content_type: str | None = None) -> str:
         bucket, key = self.split(uri)
@@ -212,9 +221,12 @@ class S3Store:
         out: list[str] = []
         token: dict[str, str] = {}
         while True:
-            page = self._call(uri, "list_objects_v2", Bucket=bucket, Prefix=prefix,
-                              Delimiter="/", **token)
-            out += [f"s3://{bucket}/{p['Prefix'].rstrip('/')}" for p in page.get("CommonPrefixes", [])]
+            page = self._call(
+                uri, "list_objects_v2", Bucket=bucket, Prefix=prefix, Delimiter="/", **token
+            )
+            out += [
+                f"s3://{bucket}/{p['Prefix'].rstrip('/')}" for p in page.get("CommonPrefixes", [])
+            ]
             if not page.get("IsTruncated"):
                 return sorted(out)
             token = {"ContinuationToken": page["NextContinuationToken"]}
@@ -233,5 +245,6 @@ def store_for(uri: str) -> Store:
     try:
         return _STORES[scheme]
     except KeyError:
-        raise ProcessingError(Reason.STORAGE_ERROR, f"unsupported URI scheme in {uri!r}; "
-                              "use file:// or s3://.") from None
+        raise ProcessingError(
+            Reason.STORAGE_ERROR, f"unsupported URI scheme in {uri!r}; use file:// or s3://."
+        ) from None

@@ -38,8 +38,9 @@ def completed_scans(results_root: str, patient_id: str) -> list[Manifest]:
     return sorted(out, key=lambda m: m.completed_at)
 
 
-def _previous(results_root: str, patient_id: str, scan_id: str,
-              previous_scan_ids: list[str] | None) -> Manifest | None:
+def _previous(
+    results_root: str, patient_id: str, scan_id: str, previous_scan_ids: list[str] | None
+) -> Manifest | None:
     if previous_scan_ids:
         uri = join(results_root, patient_id, previous_scan_ids[-1], MANIFEST_NAME)
         return read_manifest(uri)
@@ -52,9 +53,15 @@ def _finite(x: float) -> float | None:
 
 
 @task(name="compute-tracking")
-def compute_tracking(patient_id: str, scan_id: str, results_root: str, scan_uri: str,
-                     previous_scan_ids: list[str] | None, summary: SummaryResult,
-                     inference: InferenceResult) -> TrackingResult | None:
+def compute_tracking(
+    patient_id: str,
+    scan_id: str,
+    results_root: str,
+    scan_uri: str,
+    previous_scan_ids: list[str] | None,
+    summary: SummaryResult,
+    inference: InferenceResult,
+) -> TrackingResult | None:
     """Pair keyframes with the previous scan's, register them, and store tracking.json."""
     logger = get_run_logger()
     previous = _previous(results_root, patient_id, scan_id, previous_scan_ids)
@@ -69,24 +76,38 @@ def compute_tracking(patient_id: str, scan_id: str, results_root: str, scan_uri:
         return None
     prev_emb = prev_all[[k.kept_index for k in previous.artifacts.keyframes]]
     cur_img = [decode_jpeg(store_for(k.uri).get_bytes(k.uri)) for k in summary.keyframes]
-    prev_img = [decode_jpeg(store_for(k.uri).get_bytes(k.uri)) for k in previous.artifacts.keyframes]
+    prev_img = [
+        decode_jpeg(store_for(k.uri).get_bytes(k.uri)) for k in previous.artifacts.keyframes
+    ]
     comparison = compare_scans(cur_img, cur_emb, prev_img, prev_emb)
     result = TrackingSummary(
         previous_scan_id=previous.scan_id,
         mean_similarity=comparison.mean_similarity,
         trusted_pairs=comparison.trusted_pairs,
         mean_change=comparison.mean_change,
-        pairs=[PairMetrics(current_keyframe=p.current, previous_keyframe=p.previous,
-                           similarity=p.similarity, inliers=r.inliers,
-                           inlier_ratio=r.inlier_ratio,
-                           reprojection_px=_finite(r.reprojection_px),
-                           trustworthy=r.trustworthy, change_score=r.change_score,
-                           reason=r.reason)
-               for p, r in comparison.pairs],
+        pairs=[
+            PairMetrics(
+                current_keyframe=p.current,
+                previous_keyframe=p.previous,
+                similarity=p.similarity,
+                inliers=r.inliers,
+                inlier_ratio=r.inlier_ratio,
+                reprojection_px=_finite(r.reprojection_px),
+                trustworthy=r.trustworthy,
+                change_score=r.change_score,
+                reason=r.reason,
+            )
+            for p, r in comparison.pairs
+        ],
     )
     uri = join(scan_uri, "tracking.json")
-    store_for(uri).put_bytes(uri, json.dumps(result.model_dump(), indent=2).encode(),
-                             "application/json")
-    logger.info("tracked against %s: similarity %.2f, %d trustworthy pairs", previous.scan_id,
-                comparison.mean_similarity, comparison.trusted_pairs)
+    store_for(uri).put_bytes(
+        uri, json.dumps(result.model_dump(), indent=2).encode(), "application/json"
+    )
+    logger.info(
+        "tracked against %s: similarity %.2f, %d trustworthy pairs",
+        previous.scan_id,
+        comparison.mean_similarity,
+        comparison.trusted_pairs,
+    )
     return TrackingResult(summary=result, uri=uri)

@@ -40,20 +40,22 @@ def _configure_environment() -> None:
     home = Path(tempfile.mkdtemp(prefix="scanflow-test-"))
     port, s3_port = _free_port(), _free_port()
     _STATE.update(home=home, port=port, s3_port=s3_port)
-    os.environ.update({
-        "SCANFLOW_HOME": str(home),
-        "SCANFLOW_SERVER_PORT": str(port),
-        "SCANFLOW_WORKER_QUERY_SECONDS": "1",
-        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
-        "PREFECT_HOME": str(home / "prefect"),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "DO_NOT_TRACK": "1",
-        "PREFECT_LOGGING_LEVEL": "WARNING",
-        "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{s3_port}",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    })
+    os.environ.update(
+        {
+            "SCANFLOW_HOME": str(home),
+            "SCANFLOW_SERVER_PORT": str(port),
+            "SCANFLOW_WORKER_QUERY_SECONDS": "1",
+            "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+            "PREFECT_HOME": str(home / "prefect"),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "DO_NOT_TRACK": "1",
+            "PREFECT_LOGGING_LEVEL": "WARNING",
+            "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{s3_port}",
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+    )
     os.environ.pop("SCANFLOW_RESULTS_URI", None)
     os.environ.pop("PREFECT_API_KEY", None)
 
@@ -64,6 +66,9 @@ _configure_environment()
 def pytest_unconfigure(config: pytest.Config) -> None:
     stack = _STATE.get("stack")
     if stack is not None:
+        from prefect.logging.handlers import APILogWorker
+
+        APILogWorker.drain_all(timeout=5)  # ship queued run logs before the server goes away
         stack.down()  # type: ignore[attr-defined]
     moto = _STATE.get("moto")
     if moto is not None:
@@ -115,8 +120,11 @@ def local_stack(prefect_server: str):  # type: ignore[no-untyped-def]
 def s3_endpoint() -> str:
     """moto's standalone S3 server on loopback."""
     port = _STATE["s3_port"]
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
-                             str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     _STATE["moto"] = proc
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
@@ -137,9 +145,17 @@ def scans_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def good_scan(scans_dir: Path) -> SyntheticScan:
     """A 6 s 320x240 scan with known blurred, dark and glaring frames."""
-    return render_scan(scans_dir / "good.mp4", ScanSpec(
-        duration_s=6.0, fps=15.0, seed=1, blurred=frozenset(range(20, 30)),
-        dark=frozenset(range(40, 44)), glare=frozenset(range(50, 54))))
+    return render_scan(
+        scans_dir / "good.mp4",
+        ScanSpec(
+            duration_s=6.0,
+            fps=15.0,
+            seed=1,
+            blurred=frozenset(range(20, 30)),
+            dark=frozenset(range(40, 44)),
+            glare=frozenset(range(50, 54)),
+        ),
+    )
 
 
 @pytest.fixture(scope="session")

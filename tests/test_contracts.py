@@ -13,4 +13,5 @@ SCHEMAS = Path(__file__).resolve().parents[1] / "schemas"
 def test_manifest_schema_file_matches_the_model() -> None:
     on_disk = json.loads((SCHEMAS / "manifest.schema.json").read_text())
     assert on_disk == Manifest.model_json_schema(), (
-        "regenerate with: python -m tasks.manifest > schemas/manifest.schema.json")
+        "regenerate with: python -m tasks.manifest > schemas/manifest.schema.json"
+    )

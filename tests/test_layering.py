@@ -25,13 +25,25 @@ def _imports(folder: str) -> dict[str, set[str]]:
 
 
 def test_cv_imports_no_orchestration_network_or_environment() -> None:
-    banned = {"prefect", "boto3", "botocore", "httpx", "os.environ", "tasks", "flows",
-              "deployments", "pydantic_settings"}
+    banned = {
+        "prefect",
+        "boto3",
+        "botocore",
+        "httpx",
+        "os.environ",
+        "tasks",
+        "flows",
+        "deployments",
+        "pydantic_settings",
+    }
     offenders = {f: sorted(n & banned) for f, n in _imports("cv").items() if n & banned}
     assert not offenders, offenders
 
 
 def test_tasks_do_not_import_flows_or_deployments() -> None:
-    offenders = {f: sorted(n & {"flows", "deployments"}) for f, n in _imports("tasks").items()
-                 if n & {"flows", "deployments"}}
+    offenders = {
+        f: sorted(n & {"flows", "deployments"})
+        for f, n in _imports("tasks").items()
+        if n & {"flows", "deployments"}
+    }
     assert not offenders, offenders

@@ -15,8 +15,9 @@ def _sample(path: Path, limits: VideoLimits | None = None, fps: float = 2.0):
     limits = limits or VideoLimits()
     info = probe_video(path, limits)
     kept: list[SampledFrame] = []
-    qualities = sample_frames(path, info, limits, sample_fps=fps, max_side=640,
-                              on_frame=kept.append)
+    qualities = sample_frames(
+        path, info, limits, sample_fps=fps, max_side=640, on_frame=kept.append
+    )
     return info, qualities, kept
 
 
@@ -55,8 +56,9 @@ def test_luma_plane_matches_ffmpeg_gray(good_scan: SyntheticScan) -> None:
 
 
 def test_rotation_metadata_is_honoured(scans_dir: Path) -> None:
-    scan = render_scan(scans_dir / "rotated.mp4",
-                       ScanSpec(width=320, height=240, duration_s=2.0, rotation=90))
+    scan = render_scan(
+        scans_dir / "rotated.mp4", ScanSpec(width=320, height=240, duration_s=2.0, rotation=90)
+    )
     _, _, kept = _sample(scan.path)
     assert kept and kept[0].rgb.shape[:2] == (320, 240)  # portrait after rotation
 
@@ -111,8 +113,9 @@ def test_audio_only_has_no_video_stream(tmp_path: Path) -> None:
     p = tmp_path / "voice.m4a"
     with av.open(str(p), "w") as c:
         s = c.add_stream("aac", rate=16000)
-        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp",
-                                           layout="mono")
+        frame = av.AudioFrame.from_ndarray(
+            np.zeros((1, 1024), np.float32), format="fltp", layout="mono"
+        )
         frame.sample_rate = 16000
         for _ in range(20):
             for pkt in s.encode(frame):

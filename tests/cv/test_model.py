@@ -30,8 +30,9 @@ def test_embeddings_are_unit_vectors_and_batch_independent(model: LoadedModel) -
 def test_same_view_is_closer_than_other_views(model: LoadedModel, good_scan: SyntheticScan) -> None:
     info = probe_video(good_scan.path, VideoLimits())
     kept = []
-    sample_frames(good_scan.path, info, VideoLimits(), sample_fps=3, max_side=320,
-                  on_frame=kept.append)
+    sample_frames(
+        good_scan.path, info, VideoLimits(), sample_fps=3, max_side=320, on_frame=kept.append
+    )
     views = [good_scan.frames[k.quality.index].view for k in kept]
     clean = [i for i, k in enumerate(kept) if not good_scan.frames[k.quality.index].blurred]
     emb = embed_frames(model, [kept[i].rgb for i in clean])

@@ -19,8 +19,9 @@ from cv.synthetic import ScanSpec, SyntheticScan, render_scan
 
 def _qualities(path: Path):
     info = probe_video(path, VideoLimits())
-    q = sample_frames(path, info, VideoLimits(), sample_fps=2, max_side=320,
-                      on_frame=lambda f: None)
+    q = sample_frames(
+        path, info, VideoLimits(), sample_fps=2, max_side=320, on_frame=lambda f: None
+    )
     return q, decoded_duration(q, info.fps)
 
 
@@ -34,8 +35,11 @@ def test_defective_frames_are_found(good_scan: SyntheticScan) -> None:
             assert fq.sharpness < thr, truth
         if truth.dark or truth.glare or truth.blurred:
             assert not is_usable(fq, thr, t), truth
-    clean = [fq for truth, fq in zip(good_scan.frames, q, strict=True)
-             if not (truth.blurred or truth.dark or truth.glare or truth.fast)]
+    clean = [
+        fq
+        for truth, fq in zip(good_scan.frames, q, strict=True)
+        if not (truth.blurred or truth.dark or truth.glare or truth.fast)
+    ]
     assert np.mean([is_usable(fq, thr, t) for fq in clean]) > 0.9
 
 
@@ -49,8 +53,9 @@ def test_good_scan_is_usable(good_scan: SyntheticScan) -> None:
 
 
 def test_blurred_scan_is_rejected_with_guidance(scans_dir: Path) -> None:
-    scan = render_scan(scans_dir / "blurry.mp4",
-                       ScanSpec(duration_s=5, seed=3, blurred=frozenset(range(0, 64))))
+    scan = render_scan(
+        scans_dir / "blurry.mp4", ScanSpec(duration_s=5, seed=3, blurred=frozenset(range(0, 64)))
+    )
     q, duration = _qualities(scan.path)
     verdict = assess_scan(q, duration, QualityThresholds())
     assert not verdict.usable
@@ -63,8 +68,9 @@ def test_blurred_scan_is_rejected_with_guidance(scans_dir: Path) -> None:
 
 
 def test_dark_scan_asks_for_light(scans_dir: Path) -> None:
-    scan = render_scan(scans_dir / "dark.mp4",
-                       ScanSpec(duration_s=5, seed=4, dark=frozenset(range(0, 75))))
+    scan = render_scan(
+        scans_dir / "dark.mp4", ScanSpec(duration_s=5, seed=4, dark=frozenset(range(0, 75)))
+    )
     q, duration = _qualities(scan.path)
     verdict = assess_scan(q, duration, QualityThresholds())
     assert verdict.reason is Reason.TOO_FEW_USABLE_FRAMES

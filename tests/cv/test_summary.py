@@ -16,9 +16,17 @@ from cv.summary import (
 
 
 def test_segments_take_the_best_frame_of_each_part() -> None:
-    frames = [SummaryFrame(t, s, u) for t, s, u in
-              [(0, 5, True), (1, 9, True), (2, 50, False), (3, 7, True), (4, 1, True),
-               (5, 2, True)]]
+    frames = [
+        SummaryFrame(t, s, u)
+        for t, s, u in [
+            (0, 5, True),
+            (1, 9, True),
+            (2, 50, False),
+            (3, 7, True),
+            (4, 1, True),
+            (5, 2, True),
+        ]
+    ]
     assert choose_segments(frames, 3) == [1, 3, 5]  # usable beats sharper-but-unusable
     assert choose_segments(frames, 2) == [1, 3]
     assert choose_segments(frames, 100) == list(range(6))

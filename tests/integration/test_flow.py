@@ -16,8 +16,9 @@ from flows.process_scan import process_scan
 from tasks.manifest import Manifest
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_server")]
-SCHEMA = json.loads((Path(__file__).resolve().parents[2] / "schemas" /
-                     "manifest.schema.json").read_text())
+SCHEMA = json.loads(
+    (Path(__file__).resolve().parents[2] / "schemas" / "manifest.schema.json").read_text()
+)
 
 
 def _path(uri: str) -> Path:
@@ -50,8 +51,13 @@ def test_a_scan_runs_end_to_end(good_scan: SyntheticScan, results_dir: Path) -> 
     assert m.video.width == 320 and m.video.fps == pytest.approx(15)
     assert m.quality.usable and m.quality.frames_decoded == 90
     assert m.model.name == "mobilenet_v2-imagenet" and len(m.model.sha256) == 64
-    assert set(m.timings_s) == {"download_scan", "extract_frames", "run_inference",
-                                "render_summary", "compute_tracking"}
+    assert set(m.timings_s) == {
+        "download_scan",
+        "extract_frames",
+        "run_inference",
+        "render_summary",
+        "compute_tracking",
+    }
     assert m.code_version.startswith("0.1.0")
     assert m.tracking is None  # first scan of this patient
     # every artifact exists and is valid
@@ -76,13 +82,19 @@ def test_a_later_scan_is_tracked_against_the_earlier_one(
 ) -> None:
     process_scan("first", "patient-2", good_scan.path.as_uri())
     m = Manifest.model_validate_json(
-        _path(process_scan("second", "patient-2", later_scan.path.as_uri())).read_text())
+        _path(process_scan("second", "patient-2", later_scan.path.as_uri())).read_text()
+    )
     assert m.tracking is not None
     assert m.tracking.previous_scan_id == "first"
     assert m.tracking.mean_similarity > 0.8
     assert m.tracking.trusted_pairs >= 1
     assert m.artifacts.tracking and _path(m.artifacts.tracking).is_file()
     # a third scan, pinned to the first one, tracks against it rather than the latest
-    m3 = Manifest.model_validate_json(_path(process_scan(
-        "third", "patient-2", later_scan.path.as_uri(), previous_scan_ids=["first"])).read_text())
+    m3 = Manifest.model_validate_json(
+        _path(
+            process_scan(
+                "third", "patient-2", later_scan.path.as_uri(), previous_scan_ids=["first"]
+            )
+        ).read_text()
+    )
     assert m3.tracking is not None and m3.tracking.previous_scan_id == "first"

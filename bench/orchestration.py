@@ -1,0 +1,151 @@
+"""What Prefect costs: process-scan through a real Prefect server against a plain script
+that makes the same cv/ calls and the same store writes, on the same video, in one run.
+
+Also prints the decode floor (PyAV decoding every frame, nothing else) so the pipeline's
+cost can be read against it, as DESIGN.md's targets are.
+
+    python bench/orchestration.py [--seconds 30] [--width 1920 --height 1080] [--repeats 3]
+
+Prints medians and ratios; the sample video is cached under bench/out/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "bench" / "out"
+
+
+def _sample(seconds: float, width: int, height: int) -> Path:
+    from cv.synthetic import ScanSpec, render_scan
+
+    path = OUT / f"scan-{width}x{height}-{seconds:g}s.mp4"
+    if not path.is_file():
+        OUT.mkdir(parents=True, exist_ok=True)
+        print(f"rendering {path.name} (once) ...", flush=True)
+        render_scan(path, ScanSpec(width=width, height=height, fps=30.0, duration_s=seconds,
+                                   seed=11, bitrate=16_000_000,
+                                   blurred=frozenset(range(100, 130))))
+    return path
+
+
+def decode_floor(path: Path) -> float:
+    import av
+
+    start = time.perf_counter()
+    with av.open(str(path)) as c:
+        for _ in c.decode(video=0):
+            pass
+    return time.perf_counter() - start
+
+
+def plain_pipeline(path: Path, root: Path) -> float:
+    """The same cv/ calls as process-scan, with the same writes, and no Prefect."""
+    import numpy as np
+
+    from cv.frames import decoded_duration, probe_video, sample_frames
+    from cv.images import encode_jpeg
+    from cv.model import embed_frames
+    from cv.quality import assess_scan, is_usable, sharpness_threshold
+    from cv.summary import (SummaryFrame, choose_keyframes, choose_segments, contact_sheet,
+                            render_summary_video)
+    from tasks.inference import _default_weights, _load, DEFAULT_MODEL
+    from tasks.options import ScanOptions
+
+    start = time.perf_counter()
+    opts = ScanOptions()
+    limits = opts.limits.video_limits()
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "frames").mkdir(exist_ok=True)
+    info = probe_video(path, limits)
+    kept = []
+
+    def on_frame(f):  # type: ignore[no-untyped-def]
+        (root / "frames" / f"{f.quality.index:06d}.jpg").write_bytes(encode_jpeg(f.rgb))
+        kept.append(f)
+
+    qualities = sample_frames(path, info, limits, sample_fps=opts.sample_fps,
+                              max_side=opts.max_side, on_frame=on_frame)
+    verdict = assess_scan(qualities, decoded_duration(qualities, info.fps), opts.thresholds())
+    thr = sharpness_threshold(qualities, opts.thresholds())
+    usable = [is_usable(k.quality, thr, opts.thresholds()) for k in kept]
+    model = _load(_default_weights(), DEFAULT_MODEL, opts.device)
+    emb = embed_frames(model, [k.rgb for k in kept], batch_size=opts.batch_size)
+    buf = io.BytesIO()
+    np.save(buf, emb)
+    (root / "embeddings.npy").write_bytes(buf.getvalue())
+    info_s = [SummaryFrame(k.quality.time_s, k.quality.sharpness, u) for k, u in zip(kept, usable)]
+    keys = choose_keyframes(emb, [k.quality.sharpness for k in kept], usable, opts.keyframes)
+    segs = choose_segments(info_s, int(opts.summary_max_s / 0.5))
+    render_summary_video(root / "summary.mp4", [kept[i].rgb for i in segs],
+                         [info_s[i] for i in segs], seconds_per_frame=0.5)
+    (root / "contact_sheet.jpg").write_bytes(
+        encode_jpeg(contact_sheet([kept[i].rgb for i in keys], [info_s[i] for i in keys]), 85))
+    for i in keys:
+        (root / f"key-{i}.jpg").write_bytes(encode_jpeg(kept[i].rgb))
+    (root / "manifest.json").write_text(json.dumps({"usable": verdict.usable}))
+    return time.perf_counter() - start
+
+
+def flow_pipeline(path: Path, scan_id: str) -> float:
+    from flows.process_scan import process_scan
+
+    start = time.perf_counter()
+    process_scan(scan_id, "bench-patient", path.as_uri())
+    return time.perf_counter() - start
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--seconds", type=float, default=30.0)
+    ap.add_argument("--width", type=int, default=1920)
+    ap.add_argument("--height", type=int, default=1080)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+
+    home = Path(tempfile.mkdtemp(prefix="scanflow-bench-"))
+    os.environ.update({"SCANFLOW_HOME": str(home), "SCANFLOW_SERVER_PORT": "4297",
+                       "PREFECT_API_URL": "http://127.0.0.1:4297/api",
+                       "PREFECT_HOME": str(home / "prefect"), "DO_NOT_TRACK": "1",
+                       "PREFECT_LOGGING_LEVEL": "WARNING"})
+    sys.path.insert(0, str(ROOT))
+    from flows.server import LocalStack
+    from flows.settings import Settings
+
+    stack = LocalStack(Settings())
+    stack.start_server()
+    try:
+        path = _sample(args.seconds, args.width, args.height)
+        # warm-up: model load, imports, first-run database work
+        plain_pipeline(path, home / "plain-warm")
+        flow_pipeline(path, "warm")
+        floor, plain, flow = [], [], []
+        for i in range(args.repeats):  # interleaved so machine noise hits all alike
+            floor.append(decode_floor(path))
+            plain.append(plain_pipeline(path, home / f"plain-{i}"))
+            flow.append(flow_pipeline(path, f"run-{i}"))
+    finally:
+        stack.down()
+    m = {k: statistics.median(v) for k, v in (("floor", floor), ("plain", plain),
+                                                ("flow", flow))}
+    print(f"video: {path.name}, {path.stat().st_size / 1e6:.1f} MB, repeats={args.repeats}")
+    print(f"decode floor (PyAV, every frame): {m['floor']:.2f} s")
+    print(f"plain script (same cv/ calls):    {m['plain']:.2f} s")
+    print(f"flow through Prefect server:      {m['flow']:.2f} s")
+    print(f"ratio flow / plain:  {m['flow'] / m['plain']:.3f}   (target <= 1.10)")
+    print(f"ratio flow / floor:  {m['flow'] / m['floor']:.3f}   (target <= 1.5)")
+    print(f"ratio plain / floor: {m['plain'] / m['floor']:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
