@@ -32,9 +32,18 @@ def _sample(seconds: float, width: int, height: int) -> Path:
     if not path.is_file():
         OUT.mkdir(parents=True, exist_ok=True)
         print(f"rendering {path.name} (once) ...", flush=True)
-        render_scan(path, ScanSpec(width=width, height=height, fps=30.0, duration_s=seconds,
-                                   seed=11, bitrate=16_000_000,
-                                   blurred=frozenset(range(100, 130))))
+        render_scan(
+            path,
+            ScanSpec(
+                width=width,
+                height=height,
+                fps=30.0,
+                duration_s=seconds,
+                seed=11,
+                bitrate=16_000_000,
+                blurred=frozenset(range(100, 130)),
+            ),
+        )
     return path
 
 
@@ -56,9 +65,14 @@ def plain_pipeline(path: Path, root: Path) -> float:
     from cv.images import encode_jpeg
     from cv.model import embed_frames
     from cv.quality import assess_scan, is_usable, sharpness_threshold
-    from cv.summary import (SummaryFrame, choose_keyframes, choose_segments, contact_sheet,
-                            render_summary_video)
-    from tasks.inference import _default_weights, _load, DEFAULT_MODEL
+    from cv.summary import (
+        SummaryFrame,
+        choose_keyframes,
+        choose_segments,
+        contact_sheet,
+        render_summary_video,
+    )
+    from tasks.inference import DEFAULT_MODEL, _default_weights, _load
     from tasks.options import ScanOptions
 
     start = time.perf_counter()
@@ -73,8 +87,9 @@ def plain_pipeline(path: Path, root: Path) -> float:
         (root / "frames" / f"{f.quality.index:06d}.jpg").write_bytes(encode_jpeg(f.rgb))
         kept.append(f)
 
-    qualities = sample_frames(path, info, limits, sample_fps=opts.sample_fps,
-                              max_side=opts.max_side, on_frame=on_frame)
+    qualities = sample_frames(
+        path, info, limits, sample_fps=opts.sample_fps, max_side=opts.max_side, on_frame=on_frame
+    )
     verdict = assess_scan(qualities, decoded_duration(qualities, info.fps), opts.thresholds())
     thr = sharpness_threshold(qualities, opts.thresholds())
     usable = [is_usable(k.quality, thr, opts.thresholds()) for k in kept]
@@ -83,13 +98,21 @@ def plain_pipeline(path: Path, root: Path) -> float:
     buf = io.BytesIO()
     np.save(buf, emb)
     (root / "embeddings.npy").write_bytes(buf.getvalue())
-    info_s = [SummaryFrame(k.quality.time_s, k.quality.sharpness, u) for k, u in zip(kept, usable)]
+    info_s = [
+        SummaryFrame(k.quality.time_s, k.quality.sharpness, u)
+        for k, u in zip(kept, usable, strict=False)
+    ]
     keys = choose_keyframes(emb, [k.quality.sharpness for k in kept], usable, opts.keyframes)
     segs = choose_segments(info_s, int(opts.summary_max_s / 0.5))
-    render_summary_video(root / "summary.mp4", [kept[i].rgb for i in segs],
-                         [info_s[i] for i in segs], seconds_per_frame=0.5)
+    render_summary_video(
+        root / "summary.mp4",
+        [kept[i].rgb for i in segs],
+        [info_s[i] for i in segs],
+        seconds_per_frame=0.5,
+    )
     (root / "contact_sheet.jpg").write_bytes(
-        encode_jpeg(contact_sheet([kept[i].rgb for i in keys], [info_s[i] for i in keys]), 85))
+        encode_jpeg(contact_sheet([kept[i].rgb for i in keys], [info_s[i] for i in keys]), 85)
+    )
     for i in keys:
         (root / f"key-{i}.jpg").write_bytes(encode_jpeg(kept[i].rgb))
     (root / "manifest.json").write_text(json.dumps({"usable": verdict.usable}))
@@ -113,10 +136,16 @@ def main() -> int:
     args = ap.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="scanflow-bench-"))
-    os.environ.update({"SCANFLOW_HOME": str(home), "SCANFLOW_SERVER_PORT": "4297",
-                       "PREFECT_API_URL": "http://127.0.0.1:4297/api",
-                       "PREFECT_HOME": str(home / "prefect"), "DO_NOT_TRACK": "1",
-                       "PREFECT_LOGGING_LEVEL": "WARNING"})
+    os.environ.update(
+        {
+            "SCANFLOW_HOME": str(home),
+            "SCANFLOW_SERVER_PORT": "4297",
+            "PREFECT_API_URL": "http://127.0.0.1:4297/api",
+            "PREFECT_HOME": str(home / "prefect"),
+            "DO_NOT_TRACK": "1",
+            "PREFECT_LOGGING_LEVEL": "WARNING",
+        }
+    )
     sys.path.insert(0, str(ROOT))
     from flows.server import LocalStack
     from flows.settings import Settings
@@ -135,8 +164,7 @@ def main() -> int:
             flow.append(flow_pipeline(path, f"run-{i}"))
     finally:
         stack.down()
-    m = {k: statistics.median(v) for k, v in (("floor", floor), ("plain", plain),
-                                                ("flow", flow))}
+    m = {k: statistics.median(v) for k, v in (("floor", floor), ("plain", plain), ("flow", flow))}
     print(f"video: {path.name}, {path.stat().st_size / 1e6:.1f} MB, repeats={args.repeats}")
     print(f"decode floor (PyAV, every frame): {m['floor']:.2f} s")
     print(f"plain script (same cv/ calls):    {m['plain']:.2f} s")
