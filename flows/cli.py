@@ -265,10 +265,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--height", type=int, default=480)
     s.add_argument("--fps", type=float, default=30.0)
     s.add_argument("--seed", type=int, default=7)
+    _load_extensions(sub)
     return p
 
 
-COMMANDS = {
+COMMANDS: dict[str, Any] = {
     "up": cmd_up,
     "down": cmd_down,
     "server": cmd_server,
@@ -277,6 +278,18 @@ COMMANDS = {
     "submit": cmd_submit,
     "demo": cmd_demo,
 }
+
+# Command groups that live in modules of their own. Each module has
+# ``register(sub) -> dict[str, handler]``: it adds its subparsers to ``sub`` and returns
+# their handlers, each called as ``handler(args, settings, stack) -> exit code``.
+EXTENSIONS: list[str] = []
+
+
+def _load_extensions(sub: Any) -> None:
+    import importlib
+
+    for name in EXTENSIONS:
+        COMMANDS.update(importlib.import_module(name).register(sub))
 
 
 def main(argv: list[str] | None = None) -> int:
