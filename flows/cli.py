@@ -301,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in {"up", "demo"}:
         _point_prefect_at(stack)
     try:
-        return COMMANDS[args.command](args, settings, stack)
+        return int(COMMANDS[args.command](args, settings, stack))
     except Exception as exc:  # noqa: BLE001 - one clear line for the user, not a traceback
         from cv.errors import ScanError
 
