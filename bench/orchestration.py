@@ -64,7 +64,7 @@ def plain_pipeline(path: Path, root: Path) -> float:
     from cv.frames import decoded_duration, probe_video, sample_frames
     from cv.images import encode_jpeg
     from cv.model import embed_frames
-    from cv.quality import assess_scan, is_usable, sharpness_threshold
+    from cv.quality import Fault, assess_scan, frame_limits, scan_faults
     from cv.summary import (
         SummaryFrame,
         choose_keyframes,
@@ -89,10 +89,10 @@ def plain_pipeline(path: Path, root: Path) -> float:
 
     qualities = sample_frames(
         path, info, limits, sample_fps=opts.sample_fps, max_side=opts.max_side, on_frame=on_frame
-    )
+    ).qualities
     verdict = assess_scan(qualities, decoded_duration(qualities, info.fps), opts.thresholds())
-    thr = sharpness_threshold(qualities, opts.thresholds())
-    usable = [is_usable(k.quality, thr, opts.thresholds()) for k in kept]
+    faults = scan_faults(qualities, frame_limits(qualities, opts.thresholds()), opts.thresholds())
+    usable = [faults[k.quality.index] == Fault.NONE for k in kept]
     model = _load(_default_weights(), DEFAULT_MODEL, opts.device)
     emb = embed_frames(model, [k.rgb for k in kept], batch_size=opts.batch_size)
     buf = io.BytesIO()

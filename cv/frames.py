@@ -49,6 +49,14 @@ class VideoInfo:
 
 
 @dataclass(frozen=True)
+class DecodeResult:
+    """What decoding saw: every frame's quality, and damage it got through."""
+
+    qualities: list[FrameQuality]
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class SampledFrame:
     """A kept frame: its quality and its RGB pixels (upright, at most ``max_side``)."""
 
@@ -180,7 +188,7 @@ def sample_frames(
     sample_fps: float,
     max_side: int,
     on_frame: Callable[[SampledFrame], None],
-) -> list[FrameQuality]:
+) -> DecodeResult:
     """Stream-decode a scan, keeping the sharpest frame of every 1/sample_fps window.
 
     Windows follow presentation timestamps, so variable frame rate is handled. Memory is
@@ -194,7 +202,8 @@ def sample_frames(
         max_side: longest side of a kept RGB frame.
         on_frame: called with every kept frame, in order.
     Returns:
-        FrameQuality of every decoded frame.
+        FrameQuality of every decoded frame, and warnings about damage that decoding
+        survived (timestamps going backwards, frames the decoder flagged corrupt).
     Raises:
         RejectedScan: unreadable_video when decoding fails or stops well short of the
             declared duration (a truncated upload); too_long or too_large when the
@@ -207,6 +216,7 @@ def sample_frames(
     max_frames = int(limits.max_duration_s * limits.max_fps) + 1
     first_t: float | None = None
     last_t = 0.0
+    backwards = corrupt = 0
     try:
         with _open(path) as container:
             stream = container.streams.video[0]
@@ -233,10 +243,14 @@ def sample_frames(
                         Reason.TOO_LONG,
                         f"{path.name} runs past {limits.max_duration_s:.0f} s, the limit.",
                     )
+                if t < last_t:
+                    backwards += 1
                 last_t = max(last_t, t)
+                corrupt += bool(frame.is_corrupt)
                 q = analyzer.measure(luma_plane(frame), index, t)
                 qualities.append(q)
-                w = math.floor(t * sample_fps)
+                # a timestamp that goes back (damaged index) stays in the current window
+                w = max(window, math.floor(t * sample_fps))
                 if w != window:
                     if best is not None:
                         on_frame(SampledFrame(best[2], _to_rgb(best[1], max_side)))
@@ -262,7 +276,15 @@ def sample_frames(
             f"{path.name} declares {info.duration_s:.1f} s "
             f"but only {decoded:.1f} s could be decoded: the upload was cut short.",
         )
-    return qualities
+    warnings = []
+    if backwards:
+        warnings.append(
+            f"timestamps went backwards {backwards} times: the file's index "
+            "looks damaged; frames were taken in decoding order."
+        )
+    if corrupt:
+        warnings.append(f"the decoder flagged {corrupt} of {len(qualities)} frames as corrupt.")
+    return DecodeResult(qualities, tuple(warnings))
 
 
 def decoded_duration(qualities: list[FrameQuality], fps: float | None) -> float:

@@ -9,7 +9,7 @@ drawn once and every frame is a crop of it.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -47,11 +47,15 @@ class ScanSpec:
     tooth_shifts: Mapping[int, tuple[float, float]] = field(default_factory=dict)
     rotation: int = 0  # display rotation written in the container, like a phone held sideways
     bitrate: int | None = None  # bits per second; None = constant quality
+    codec: str = "libx264"  # or "libx265" (HEVC, as many phones record)
+    vfr: bool = False  # variable frame rate: intervals alternate 0.5/fps and 1.5/fps
+    camera_seed: int | None = None  # another camera path over the same mouth
 
 
 @dataclass(frozen=True)
 class FrameTruth:
     index: int
+    time_s: float
     view: str
     blurred: bool
     dark: bool
@@ -126,13 +130,16 @@ def _frames(
     ch, cw = canvas.shape[:2]
     crop_w = int(view_w * 0.8)
     crop_h = int(ch * 0.8)
-    rng = np.random.default_rng(spec.seed + 2)
+    cam = spec.seed if spec.camera_seed is None else spec.camera_seed
+    rng = np.random.default_rng(cam + 2)
+    phase = 0.0 if spec.camera_seed is None else float(rng.uniform(0, 2 * np.pi))
     for i in range(n):
         u = i / max(1, n - 1)
         x = u * (cw - crop_w)
-        y = (ch - crop_h) / 2 + np.sin(u * 12.0) * (ch - crop_h) / 2.5
+        y = (ch - crop_h) / 2 + np.sin(u * 12.0 + phase) * (ch - crop_h) / 2.5
         if i in spec.fast:
-            x = float(np.clip(x + rng.choice([-1, 1]) * crop_w * 0.5, 0, cw - crop_w))
+            # the scope jumps two views away for one frame, and comes back
+            x = x + 2 * view_w if x + 2 * view_w <= cw - crop_w else x - 2 * view_w
         xi, yi = int(x), int(np.clip(y, 0, ch - crop_h))
         crop = canvas[yi : yi + crop_h, xi : xi + crop_w]
         frame = cv2.resize(crop, (spec.width, spec.height), interpolation=cv2.INTER_LINEAR)
@@ -144,9 +151,12 @@ def _frames(
         if i in spec.glare:
             frame = np.clip(frame.astype(np.int16) * 2 + 120, 0, 255).astype(np.uint8)
         view = VIEWS[min(len(VIEWS) - 1, int((xi + crop_w / 2) // view_w))]
+        t = i / spec.fps if not spec.vfr else (i // 2) * 2 / spec.fps + (i % 2) * 0.5 / spec.fps
         yield (
             np.asarray(frame, np.uint8),
-            FrameTruth(i, view, i in spec.blurred, i in spec.dark, i in spec.glare, i in spec.fast),
+            FrameTruth(
+                i, t, view, i in spec.blurred, i in spec.dark, i in spec.glare, i in spec.fast
+            ),
         )
 
 
@@ -166,9 +176,21 @@ def render_scan(path: Path, spec: ScanSpec) -> SyntheticScan:
     canvas = _render_canvas(spec, teeth, view_w, view_h)
     truth: list[FrameTruth] = []
     with H264Writer(
-        path, spec.width, spec.height, spec.fps, bitrate=spec.bitrate, rotation=spec.rotation
+        path,
+        spec.width,
+        spec.height,
+        spec.fps,
+        bitrate=spec.bitrate,
+        rotation=spec.rotation,
+        codec=spec.codec,
     ) as writer:
         for frame, t in _frames(spec, canvas, view_w):
-            writer.write(frame)
+            writer.write(frame, t.time_s if spec.vfr else None)
             truth.append(t)
     return SyntheticScan(path, spec, tuple(truth), tuple(teeth))
+
+
+def later_scan(spec: ScanSpec, shifts: Mapping[int, tuple[float, float]], seed: int) -> ScanSpec:
+    """The same mouth scanned again: teeth ``shifts`` (tooth index -> canvas pixels) moved,
+    and another camera path (``seed``); the mouth itself (``spec.seed``) is unchanged."""
+    return replace(spec, tooth_shifts=dict(shifts), camera_seed=seed)

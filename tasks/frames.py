@@ -11,7 +11,7 @@ from pydantic import BaseModel
 
 from cv.frames import SampledFrame, VideoInfo, decoded_duration, probe_video, sample_frames
 from cv.images import RGB, decode_jpeg, encode_jpeg
-from cv.quality import assess_scan, is_usable, raise_if_rejected, sharpness_threshold
+from cv.quality import Fault, assess_scan, frame_limits, raise_if_rejected, scan_faults
 from tasks.options import ScanOptions
 from tasks.storage import join, store_for
 
@@ -50,6 +50,8 @@ class QualitySummary(BaseModel):
     dark_fraction: float
     glare_fraction: float
     fast_motion_fraction: float
+    time_coverage: float
+    longest_gap_s: float
     reason: str | None = None
     guidance: str | None = None
 
@@ -59,6 +61,7 @@ class FramesResult(BaseModel):
     quality: QualitySummary
     kept: list[KeptFrame]
     frame_quality_uri: str
+    warnings: list[str] = []
 
 
 def load_frame(frame: KeptFrame) -> RGB:
@@ -107,7 +110,7 @@ def extract_frames(
             while sum(not f.done() for f in pending) >= _IN_FLIGHT:
                 next(f for f in pending if not f.done()).result()
 
-        qualities = sample_frames(
+        decoded = sample_frames(
             path,
             info,
             limits,
@@ -117,10 +120,13 @@ def extract_frames(
         )
         for f in pending:
             f.result()
+    qualities = decoded.qualities
+    for warning in decoded.warnings:
+        logger.warning("%s: %s", path.name, warning)
     duration = decoded_duration(qualities, info.fps)
-    verdict = assess_scan(qualities, duration, options.thresholds())
-    threshold = sharpness_threshold(qualities, options.thresholds())
     t = options.thresholds()
+    verdict = assess_scan(qualities, duration, t)
+    faults = scan_faults(qualities, frame_limits(qualities, t), t)
     kept = [
         KeptFrame(
             uri=uri,
@@ -128,7 +134,7 @@ def extract_frames(
             index=f.quality.index,
             time_s=f.quality.time_s,
             sharpness=f.quality.sharpness,
-            usable=is_usable(f.quality, threshold, t),
+            usable=faults[f.quality.index] == Fault.NONE,
         )
         for f, local, uri in sampled
     ]
@@ -141,8 +147,9 @@ def extract_frames(
             round(q.dark_fraction, 4),
             round(q.bright_fraction, 4),
             round(q.motion, 2),
+            "|".join(k.name or "" for k in Fault if k in fault) or "ok",
         ]
-        for q in qualities
+        for q, fault in zip(qualities, faults, strict=True)
     ]
     fq_uri = store.put_bytes(
         join(scan_uri, "frame_quality.json"),
@@ -156,6 +163,7 @@ def extract_frames(
                     "dark_fraction",
                     "bright_fraction",
                     "motion",
+                    "faults",
                 ],
                 "rows": rows,
             }
@@ -185,4 +193,5 @@ def extract_frames(
         ),
         kept=kept,
         frame_quality_uri=fq_uri,
+        warnings=list(decoded.warnings),
     )

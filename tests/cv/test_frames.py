@@ -15,10 +15,9 @@ def _sample(path: Path, limits: VideoLimits | None = None, fps: float = 2.0):
     limits = limits or VideoLimits()
     info = probe_video(path, limits)
     kept: list[SampledFrame] = []
-    qualities = sample_frames(
-        path, info, limits, sample_fps=fps, max_side=640, on_frame=kept.append
-    )
-    return info, qualities, kept
+    decoded = sample_frames(path, info, limits, sample_fps=fps, max_side=640, on_frame=kept.append)
+    assert decoded.warnings == ()
+    return info, decoded.qualities, kept
 
 
 def test_probe_reads_the_header(good_scan: SyntheticScan) -> None:
@@ -126,3 +125,19 @@ def test_audio_only_has_no_video_stream(tmp_path: Path) -> None:
         probe_video(p, VideoLimits())
     assert err.value.reason is Reason.NO_VIDEO_STREAM
     assert "audio" in err.value.message
+
+
+def test_variable_frame_rate_follows_timestamps(scans_dir: Path) -> None:
+    scan = render_scan(scans_dir / "vfr.mp4", ScanSpec(duration_s=4.0, fps=15.0, vfr=True))
+    _, qualities, kept = _sample(scan.path, fps=2.0)
+    assert [round(q.time_s, 3) for q in qualities] == [round(f.time_s, 3) for f in scan.frames]
+    # windows are half-seconds of video time, not runs of frames
+    assert len(kept) == 8
+    assert all(int(k.quality.time_s * 2) == i for i, k in enumerate(kept))
+
+
+def test_hevc_decodes_like_h264(scans_dir: Path) -> None:
+    scan = render_scan(scans_dir / "hevc.mp4", ScanSpec(duration_s=2.0, codec="libx265"))
+    info, qualities, kept = _sample(scan.path)
+    assert info.codec == "hevc"
+    assert len(qualities) == len(scan.frames) and len(kept) == 4
