@@ -112,6 +112,7 @@ class LocalStack:
         self.home = settings.home.resolve()
         self.server = Service("server", self.home)
         self.worker = Service("worker", self.home)
+        self.notify_worker = Service("notify-worker", self.home)  # runs notify-outcome
 
     # -- environment -------------------------------------------------------------------
     def client_env(self) -> dict[str, str]:
@@ -144,7 +145,7 @@ class LocalStack:
         if self.settings.database == "postgres":
             asyncio.run(_ensure_postgres_database(self.settings.postgres_url))
         (self.home / "prefect").mkdir(parents=True, exist_ok=True)
-        self.server.start(
+        pid = self.server.start(
             PREFECT
             + [
                 "server",
@@ -160,7 +161,7 @@ class LocalStack:
         while time.monotonic() < deadline:
             if self.healthy():
                 return "started"
-            if self.server.pid() is None:
+            if not _alive(pid):  # not pid(): until exec, the child's cmdline is ours
                 break
             time.sleep(0.5)
         raise RuntimeError(f"the Prefect server did not come up; see {self.server.log_file}")
@@ -168,6 +169,7 @@ class LocalStack:
     # -- pool, deployment, worker ------------------------------------------------------
     def ensure_pool(self) -> None:
         asyncio.run(_ensure_process_pool(self.settings.work_pool, self.settings.pool_concurrency))
+        asyncio.run(_ensure_process_pool(self.settings.notify_pool, 4))
 
     def deploy(self) -> bool:
         """Apply prefect.yaml's local deployment when it changed; True if deployed."""
@@ -178,11 +180,14 @@ class LocalStack:
             stamp.is_file()
             and stamp.read_text() == digest
             and asyncio.run(_deployment_exists(self.settings.deployment))
+            and asyncio.run(_deployment_exists(self.settings.notify_deployment))
         ):
             return False
-        name = self.settings.deployment.split("/", 1)[1]
+        names = [
+            d.split("/", 1)[1] for d in (self.settings.deployment, self.settings.notify_deployment)
+        ]
         subprocess.run(
-            PREFECT + ["--no-prompt", "deploy", "--name", name],
+            PREFECT + ["--no-prompt", "deploy", "--name", names[0], "--name", names[1]],
             cwd=REPO_ROOT,
             env=self.client_env(),
             check=True,
@@ -193,26 +198,24 @@ class LocalStack:
         return True
 
     def start_worker(self) -> str:
-        if self.worker.pid() is not None:
-            return "running"
+        """Start the scan worker and the notify-outcome worker (its own pool: news of a
+        scan does not wait behind scans)."""
         env = self.client_env()
         env["PREFECT_WORKER_QUERY_SECONDS"] = str(self.settings.worker_query_seconds)
         env["PREFECT_WORKER_PREFETCH_SECONDS"] = "5"
-        self.worker.start(
-            PREFECT
-            + [
-                "worker",
-                "start",
-                "--pool",
-                self.settings.work_pool,
-                "--type",
-                "process",
-                "--name",
-                "scanflow-local",
-            ],
-            env,
-        )
-        return "started"
+        started = False
+        for service, pool, name in (
+            (self.worker, self.settings.work_pool, "scanflow-local"),
+            (self.notify_worker, self.settings.notify_pool, "scanflow-notify"),
+        ):
+            if service.pid() is None:
+                service.start(
+                    PREFECT
+                    + ["worker", "start", "--pool", pool, "--type", "process", "--name", name],
+                    env,
+                )
+                started = True
+        return "started" if started else "running"
 
     def up(self) -> dict[str, str]:
         server = self.start_server()
@@ -226,7 +229,11 @@ class LocalStack:
         }
 
     def down(self) -> dict[str, bool]:
-        return {"worker": self.worker.stop(), "server": self.server.stop()}
+        return {
+            "worker": self.worker.stop(),
+            "notify-worker": self.notify_worker.stop(),
+            "server": self.server.stop(),
+        }
 
     def status(self) -> dict[str, object]:
         return {
@@ -234,6 +241,7 @@ class LocalStack:
             "healthy": self.healthy(),
             "server_pid": self.server.pid(),
             "worker_pid": self.worker.pid(),
+            "notify_worker_pid": self.notify_worker.pid(),
             "database": self.settings.database,
             "home": str(self.home),
         }

@@ -9,7 +9,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -29,6 +29,17 @@ class Settings(BaseSettings):
     model_cache_dir: Path | None = Field(
         None, description="Downloaded models; default <home>/models."
     )
+    model_registry_uri: str | None = Field(
+        None,
+        description="Model registry, file:// or s3://; default: the repository's models/.",
+    )
+    cpu_threads: int | None = Field(
+        None,
+        ge=1,
+        le=256,
+        description="Threads for CPU inference; default: the CPUs this process may use "
+        "(affinity and cgroup quota).",
+    )
     server_host: str = Field("127.0.0.1", description="Where the local Prefect server listens.")
     server_port: int = Field(4200, ge=1, le=65535)
     database: Literal["sqlite", "postgres"] = Field("sqlite", description="Local server DB.")
@@ -44,6 +55,45 @@ class Settings(BaseSettings):
     )
     code_version: str | None = Field(
         None, description="Recorded in manifests; default: package version and git commit."
+    )
+
+    # -- notifications (docs/notifications.md) -------------------------------------------
+    platform_webhook_url: str | None = Field(
+        None, description="The platform's webhook endpoint; unset: no platform events."
+    )
+    platform_signing_secret: SecretStr | None = Field(
+        None,
+        description="HMAC key for X-Scanflow-Signature; unset: read the Secret block below.",
+    )
+    platform_signing_secret_block: str = Field(
+        "scanflow-platform-signing-secret", description="Secret block holding the HMAC key."
+    )
+    slack_webhook_url: SecretStr | None = Field(
+        None, description="Slack incoming-webhook URL; unset: read the Secret block below."
+    )
+    slack_webhook_block: str = Field(
+        "scanflow-slack-webhook-url", description="Secret block holding the Slack webhook URL."
+    )
+    slack_events: list[str] = Field(
+        ["scan.failed", "scan.crashed", "scan.stalled"],
+        description="Event types posted to Slack (JSON list in the environment).",
+    )
+    notify_timeout_s: float = Field(10.0, gt=0, le=120, description="Per HTTP request.")
+    notify_pool: str = Field("notify", description="Work pool of the notify-outcome deployment.")
+    notify_deployment: str = Field(
+        "notify-outcome/notify", description="flow/deployment the automations run."
+    )
+    stall_after_s: float = Field(
+        1800, ge=10, description="A run Running longer than this is reported stalled."
+    )
+    pending_after_s: float = Field(
+        900, ge=10, description="A run Pending longer than this is reported (no capacity)."
+    )
+    heartbeat_grace_s: float = Field(
+        75,
+        ge=35,
+        description="No heartbeat nor state change for this long marks a run Crashed "
+        "(heartbeats every 30 s, prefect.yaml).",
     )
 
     @property

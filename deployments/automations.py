@@ -1,0 +1,263 @@
+"""scanflow's Prefect automations, as code: the guaranteed path of outcome notifications.
+
+    prefect.flow-run.Completed                 ─┐
+    prefect.flow-run.Failed / TimedOut          │ reactive, each ─▶ run notify-outcome/notify
+    prefect.flow-run.Crashed                    │   (flow_run_id, trigger="final", state_id)
+    prefect.flow-run.Cancelled                 ─┘
+    Running, no final state within stall_after_s     proactive ─▶ notify-outcome (stalled-running)
+    Pending, no next state within pending_after_s    proactive ─▶ notify-outcome (stalled-pending)
+    heartbeat, no event within heartbeat_grace_s     proactive ─▶ mark the run Crashed
+                                                        (whose Crashed event fires the above)
+
+All match runs of the ``process-scan`` flow only. ``scanflow automations apply`` makes the
+server match this list: it creates missing ones, updates changed ones (matched by name) and
+deletes the ones tagged ``scanflow-managed`` that are no longer defined; ``--dry-run``
+prints that plan and changes nothing. Why a deployment and not a server-side webhook:
+docs/notifications.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+from flows.settings import Settings
+
+if TYPE_CHECKING:
+    from prefect.events.schemas.automations import AutomationCore
+
+OWNER_TAG = "scanflow-managed"
+FLOW_NAME = "process-scan"
+PREFIX = "scanflow: "
+
+_FLOW_RUN = "prefect.flow-run."
+# Every state a run of ours can leave Running for: a stall ends with any of them.
+_LEAVES_RUNNING = [
+    _FLOW_RUN + name
+    for name in (
+        "Completed",
+        "Cached",
+        "Failed",
+        "TimedOut",
+        "Crashed",
+        "Cancelling",
+        "Cancelled",
+        "Paused",
+        "Suspended",
+        "AwaitingRetry",
+        "Scheduled",
+    )
+]
+
+
+def _match() -> dict[str, Any]:
+    return {
+        "match": {"prefect.resource.id": _FLOW_RUN + "*"},
+        "match_related": {"prefect.resource.role": "flow", "prefect.resource.name": FLOW_NAME},
+    }
+
+
+def _notify(deployment_id: UUID, trigger: str) -> Any:
+    from prefect.events.actions import RunDeployment
+
+    return RunDeployment(
+        source="selected",
+        deployment_id=deployment_id,
+        parameters={
+            # explicit jinja kind: a bare "{{ event.id }}" is rendered through tojson,
+            # which fails on a UUID (Prefect 3.9.1)
+            "flow_run_id": {"__prefect_kind": "jinja", "template": "{{ event.resource.id }}"},
+            "trigger": trigger,
+            "state_id": {"__prefect_kind": "jinja", "template": "{{ event.id }}"},
+        },
+    )
+
+
+def desired_automations(settings: Settings, notify_deployment_id: UUID) -> list[AutomationCore]:
+    """The automations scanflow wants on the server, for these settings."""
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState
+    from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
+
+    def reactive(name: str, events: list[str], description: str) -> AutomationCore:
+        return AutomationCore(
+            name=PREFIX + name,
+            description=description,
+            tags=[OWNER_TAG],
+            trigger=EventTrigger(
+                expect=set(events), posture=Posture.Reactive, threshold=1, **_match()
+            ),
+            actions=[_notify(notify_deployment_id, "final")],
+        )
+
+    def proactive(
+        name: str, after: list[str], expect: list[str], within_s: float, description: str
+    ) -> tuple[str, EventTrigger, str]:
+        trigger = EventTrigger(
+            after=set(after),
+            expect=set(expect),
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=timedelta(seconds=within_s),
+            **_match(),
+        )
+        return PREFIX + name, trigger, description
+
+    automations = [
+        reactive(
+            "scan completed",
+            [_FLOW_RUN + "Completed"],
+            "Tell the platform a scan's results are ready (notify-outcome).",
+        ),
+        reactive(
+            "scan failed",
+            [_FLOW_RUN + "Failed", _FLOW_RUN + "TimedOut"],
+            "Tell the platform and on-call a scan failed or was rejected (notify-outcome).",
+        ),
+        reactive(
+            "scan crashed",
+            [_FLOW_RUN + "Crashed"],
+            "Tell the platform and on-call a scan's process died (notify-outcome).",
+        ),
+        reactive(
+            "scan cancelled",
+            [_FLOW_RUN + "Cancelled"],
+            "Tell the platform and on-call a scan was cancelled (notify-outcome).",
+        ),
+    ]
+    for name, trigger, description, action in (
+        (
+            *proactive(
+                "scan stalled",
+                [_FLOW_RUN + "Running", _FLOW_RUN + "Retrying"],
+                _LEAVES_RUNNING,
+                settings.stall_after_s,
+                f"A scan Running for more than {settings.stall_after_s:.0f} s is reported "
+                "stalled (notify-outcome); it is left running.",
+            ),
+            _notify(notify_deployment_id, "stalled-running"),
+        ),
+        (
+            *proactive(
+                "scan waiting for capacity",
+                [_FLOW_RUN + "Pending"],
+                [_FLOW_RUN + "*"],
+                settings.pending_after_s,
+                f"A scan Pending for more than {settings.pending_after_s:.0f} s (no "
+                "capacity) is reported stalled (notify-outcome).",
+            ),
+            _notify(notify_deployment_id, "stalled-pending"),
+        ),
+        (
+            *proactive(
+                "missed heartbeats mark crashed",
+                [_FLOW_RUN + "heartbeat"],
+                [_FLOW_RUN + "*"],
+                settings.heartbeat_grace_s,
+                "A running scan that sent no heartbeat nor changed state for "
+                f"{settings.heartbeat_grace_s:.0f} s lost its process: mark it Crashed "
+                "(the 'scan crashed' automation then reports it).",
+            ),
+            ChangeFlowRunState(
+                state=StateType.CRASHED,
+                name="Crashed",
+                message=f"[crashed] no heartbeat for {settings.heartbeat_grace_s:.0f} s: the "
+                "flow run's process or its machine is gone",
+            ),
+        ),
+    ):
+        automations.append(
+            AutomationCore(
+                name=name,
+                description=description,
+                tags=[OWNER_TAG],
+                trigger=trigger,
+                actions=[action],
+            )
+        )
+    return automations
+
+
+# -- apply -------------------------------------------------------------------------------
+
+
+def normal_form(automation: Any) -> dict[str, Any]:
+    """A comparable form: what the server stores, with set-like lists sorted."""
+    from prefect.events.schemas.automations import AutomationCore
+
+    core = AutomationCore.model_validate(automation.model_dump(exclude={"id"}))
+    return _sorted(core.model_dump(mode="json"))  # type: ignore[no-any-return]
+
+
+def _sorted(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _sorted(v) for k, v in value.items()}
+    if isinstance(value, list):
+        items = [_sorted(v) for v in value]
+        return sorted(items) if all(isinstance(v, str) for v in items) else items
+    return value
+
+
+def _changed(current: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    return sorted(k for k in wanted.keys() | current.keys() if current.get(k) != wanted.get(k))
+
+
+@dataclass
+class Plan:
+    create: list[str] = field(default_factory=list)
+    update: dict[str, list[str]] = field(default_factory=dict)
+    delete: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        out = [f"+ {n}" for n in self.create]
+        out += [f"~ {n}  ({', '.join(f)})" for n, f in self.update.items()]
+        out += [f"- {n}" for n in self.delete]
+        out += [f"= {n}" for n in self.unchanged]
+        return out
+
+    @property
+    def changes(self) -> int:
+        return len(self.create) + len(self.update) + len(self.delete)
+
+
+async def apply_automations(settings: Settings, *, dry_run: bool = False) -> Plan:
+    """Make the server's scanflow-managed automations match :func:`desired_automations`."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    plan = Plan()
+    async with get_client() as client:
+        try:
+            deployment = await client.read_deployment_by_name(settings.notify_deployment)
+        except ObjectNotFound:
+            raise RuntimeError(
+                f"deployment {settings.notify_deployment} does not exist: apply prefect.yaml "
+                "first (scanflow up, or prefect deploy --name notify)"
+            ) from None
+        wanted = {a.name: a for a in desired_automations(settings, deployment.id)}
+        owned = [a for a in await client.read_automations() if OWNER_TAG in (a.tags or [])]
+        seen: set[str] = set()
+        for current in owned:
+            if current.name not in wanted or current.name in seen:
+                plan.delete.append(current.name)
+                if not dry_run:
+                    await client.delete_automation(current.id)
+                continue
+            seen.add(current.name)
+            changed = _changed(normal_form(current), normal_form(wanted[current.name]))
+            if not changed:
+                plan.unchanged.append(current.name)
+                continue
+            plan.update[current.name] = changed
+            if not dry_run:
+                await client.update_automation(current.id, wanted[current.name])
+        for name, automation in wanted.items():
+            if name not in seen:
+                plan.create.append(name)
+                if not dry_run:
+                    await client.create_automation(automation)
+    return plan
