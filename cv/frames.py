@@ -8,6 +8,7 @@ kept are converted to RGB.
 
 from __future__ import annotations
 
+import heapq
 import math
 import os
 from collections.abc import Callable
@@ -209,82 +210,128 @@ def sample_frames(
             declared duration (a truncated upload); too_long or too_large when the
             stream exceeds the limits the header claimed to meet.
     """
-    analyzer = LumaAnalyzer()
-    qualities: list[FrameQuality] = []
-    best: tuple[float, av.VideoFrame, FrameQuality] | None = None
-    window = -1
-    max_frames = int(limits.max_duration_s * limits.max_fps) + 1
-    first_t: float | None = None
-    last_t = 0.0
-    backwards = corrupt = 0
+    sampler = _Sampler(path, info, limits, sample_fps, max_side, on_frame)
     try:
         with _open(path) as container:
-            stream = container.streams.video[0]
-            for index, frame in enumerate(container.decode(stream)):
-                if index >= max_frames:
-                    raise RejectedScan(
-                        Reason.TOO_LONG,
-                        f"{path.name} holds more than {max_frames} "
-                        "frames, beyond the duration and frame-rate limits.",
-                    )
-                if frame.width * frame.height > limits.max_pixels:
-                    raise RejectedScan(
-                        Reason.RESOLUTION_OUT_OF_RANGE,
-                        f"{path.name} has a "
-                        f"{frame.width}x{frame.height} frame; the limit is "
-                        f"{limits.max_pixels} pixels.",
-                    )
-                t = float(frame.time) if frame.time is not None else index / (info.fps or 30.0)
-                if first_t is None:
-                    first_t = t
-                t -= first_t
-                if t > limits.max_duration_s:
-                    raise RejectedScan(
-                        Reason.TOO_LONG,
-                        f"{path.name} runs past {limits.max_duration_s:.0f} s, the limit.",
-                    )
-                if t < last_t:
-                    backwards += 1
-                last_t = max(last_t, t)
-                corrupt += bool(frame.is_corrupt)
-                q = analyzer.measure(luma_plane(frame), index, t)
-                qualities.append(q)
-                # a timestamp that goes back (damaged index) stays in the current window
-                w = max(window, math.floor(t * sample_fps))
-                if w != window:
-                    if best is not None:
-                        on_frame(SampledFrame(best[2], _to_rgb(best[1], max_side)))
-                    best, window = None, w
-                if best is None or q.sharpness > best[0]:
-                    best = (q.sharpness, frame, q)
-            if best is not None:
-                on_frame(SampledFrame(best[2], _to_rgb(best[1], max_side)))
+            for frame in container.decode(container.streams.video[0]):
+                sampler.push(frame)
+            sampler.finish()
     except av.error.FFmpegError as exc:
         raise RejectedScan(
             Reason.UNREADABLE_VIDEO,
-            f"{path.name} could not be decoded after "
-            f"{len(qualities)} frames ({exc.strerror or exc}); the file is "
-            "damaged or the upload was cut short.",
+            f"{path.name} could not be decoded after {sampler.decoded} frames "
+            f"({exc.strerror or exc}); the file is damaged or the upload was cut short.",
         ) from exc
-    if not qualities:
-        raise RejectedScan(Reason.UNREADABLE_VIDEO, f"{path.name} contains no decodable frame.")
-    frame_period = 1.0 / info.fps if info.fps else 0.0
-    decoded = last_t + frame_period
-    if info.duration_s and decoded < 0.9 * info.duration_s - 0.5:
-        raise RejectedScan(
-            Reason.UNREADABLE_VIDEO,
-            f"{path.name} declares {info.duration_s:.1f} s "
-            f"but only {decoded:.1f} s could be decoded: the upload was cut short.",
-        )
-    warnings = []
-    if backwards:
-        warnings.append(
-            f"timestamps went backwards {backwards} times: the file's index "
-            "looks damaged; frames were taken in decoding order."
-        )
-    if corrupt:
-        warnings.append(f"the decoder flagged {corrupt} of {len(qualities)} frames as corrupt.")
-    return DecodeResult(qualities, tuple(warnings))
+    return sampler.result()
+
+
+# Frames are reordered by timestamp through a buffer this deep: some files (muxed without
+# B-frame reordering information) come out of the decoder a few frames out of order.
+_REORDER_DEPTH = 8
+
+
+class _Sampler:
+    """Checks, reorders, measures and samples decoded frames, one at a time."""
+
+    def __init__(
+        self,
+        path: Path,
+        info: VideoInfo,
+        limits: VideoLimits,
+        sample_fps: float,
+        max_side: int,
+        on_frame: Callable[[SampledFrame], None],
+    ) -> None:
+        self.path, self.info, self.limits = path, info, limits
+        self.sample_fps, self.max_side, self.on_frame = sample_fps, max_side, on_frame
+        self.max_frames = int(limits.max_duration_s * limits.max_fps) + 1
+        self.analyzer = LumaAnalyzer()
+        self.qualities: list[FrameQuality] = []
+        self.pending: list[tuple[float, int, av.VideoFrame]] = []  # heap by time
+        self.best: tuple[float, av.VideoFrame, FrameQuality] | None = None
+        self.window = -1
+        self.decoded = 0
+        self.first_t: float | None = None
+        self.last_t = 0.0
+        self.backwards = self.corrupt = 0
+
+    def push(self, frame: av.VideoFrame) -> None:
+        name = self.path.name
+        if self.decoded >= self.max_frames:
+            raise RejectedScan(
+                Reason.TOO_LONG,
+                f"{name} holds more than {self.max_frames} "
+                "frames, beyond the duration and frame-rate limits.",
+            )
+        if frame.width * frame.height > self.limits.max_pixels:
+            raise RejectedScan(
+                Reason.RESOLUTION_OUT_OF_RANGE,
+                f"{name} has a {frame.width}x"
+                f"{frame.height} frame; the limit is {self.limits.max_pixels} "
+                "pixels.",
+            )
+        t = float(frame.time) if frame.time is not None else self.decoded / (self.info.fps or 30)
+        if self.first_t is None:
+            self.first_t = t
+        t -= self.first_t
+        if t > self.limits.max_duration_s:
+            raise RejectedScan(
+                Reason.TOO_LONG, f"{name} runs past {self.limits.max_duration_s:.0f} s, the limit."
+            )
+        self.corrupt += bool(frame.is_corrupt)
+        heapq.heappush(self.pending, (t, self.decoded, frame))
+        self.decoded += 1
+        if len(self.pending) > _REORDER_DEPTH:
+            self._take(*heapq.heappop(self.pending))
+
+    def finish(self) -> None:
+        while self.pending:
+            self._take(*heapq.heappop(self.pending))
+        if self.best is not None:
+            self._keep(self.best)
+
+    def _take(self, t: float, _order: int, frame: av.VideoFrame) -> None:
+        if t < self.last_t:
+            self.backwards += 1  # later than the reorder buffer could mend
+        self.last_t = max(self.last_t, t)
+        q = self.analyzer.measure(luma_plane(frame), len(self.qualities), t)
+        self.qualities.append(q)
+        # a timestamp that still goes back stays in the current window
+        w = max(self.window, math.floor(t * self.sample_fps))
+        if w != self.window:
+            if self.best is not None:
+                self._keep(self.best)
+            self.best, self.window = None, w
+        if self.best is None or q.sharpness > self.best[0]:
+            self.best = (q.sharpness, frame, q)
+
+    def _keep(self, best: tuple[float, av.VideoFrame, FrameQuality]) -> None:
+        self.on_frame(SampledFrame(best[2], _to_rgb(best[1], self.max_side)))
+
+    def result(self) -> DecodeResult:
+        name, info = self.path.name, self.info
+        if not self.qualities:
+            raise RejectedScan(Reason.UNREADABLE_VIDEO, f"{name} contains no decodable frame.")
+        decoded = self.last_t + (1.0 / info.fps if info.fps else 0.0)
+        if info.duration_s and decoded < 0.9 * info.duration_s - 0.5:
+            raise RejectedScan(
+                Reason.UNREADABLE_VIDEO,
+                f"{name} declares "
+                f"{info.duration_s:.1f} s but only {decoded:.1f} s could be "
+                "decoded: the upload was cut short.",
+            )
+        warnings = []
+        if self.backwards:
+            warnings.append(
+                f"timestamps went backwards {self.backwards} times beyond "
+                f"{_REORDER_DEPTH} frames of reordering: the file's index looks "
+                "damaged; those frames were taken in decoding order."
+            )
+        if self.corrupt:
+            warnings.append(
+                f"the decoder flagged {self.corrupt} of {self.decoded} frames as corrupt."
+            )
+        return DecodeResult(self.qualities, tuple(warnings))
 
 
 def decoded_duration(qualities: list[FrameQuality], fps: float | None) -> float:

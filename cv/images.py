@@ -25,3 +25,11 @@ def decode_jpeg(data: bytes) -> RGB:
     if bgr is None:
         raise ValueError("not a decodable JPEG")
     return np.asarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), np.uint8)
+
+
+def encode_png(rgb: RGB) -> bytes:
+    """PNG bytes of an RGB image."""
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ValueError("PNG encoding failed")
+    return bytes(buf)

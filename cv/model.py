@@ -1,13 +1,18 @@
 """The frame model: a MobileNetV2 backbone (torchvision's layout, so its ImageNet weights
 load as they are) that turns frames into L2-normalised 1280-d embeddings.
 
-Weights are read from a local file whose sha256 must match; nothing is fetched.
+Weights are read from a local file whose sha256 must match; nothing is fetched. For
+inference each BatchNorm is folded into the convolution before it (the same arithmetic,
+about twice as fast on CPU), and frames travel to the device as uint8 in NHWC order, which
+is channels_last once permuted: one resize per frame into a shared buffer is the only copy
+on the host.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,8 +26,9 @@ from cv.errors import ProcessingError, Reason
 
 INPUT_SIZE = 224
 EMBEDDING_DIM = 1280
-_MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
-_STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
+# ImageNet statistics on 0..255 RGB, as torchvision trained the backbone.
+MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 
 
 def _conv_bn(
@@ -81,7 +87,7 @@ class MobileNetV2(nn.Module):
         self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(EMBEDDING_DIM, num_classes))
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Global-average-pooled features, L2-normalised."""
+        """Global-average-pooled features, L2-normalised, float32."""
         f = self.features(x).mean(dim=(2, 3))
         return nn.functional.normalize(f.float(), dim=1)
 
@@ -128,6 +134,28 @@ def pick_device(preference: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
+def fold_batchnorm(net: nn.Module) -> None:
+    """Fold every Conv2d → BatchNorm2d pair into the convolution, in place (eval only).
+
+    y = γ (conv(x) + b − μ) / √(σ² + ε) + β is a convolution with scaled weights and a new
+    bias, so the BatchNorm becomes an Identity and inference does one pass instead of two.
+    """
+    for seq in net.modules():
+        if not isinstance(seq, nn.Sequential):
+            continue
+        for i in range(len(seq) - 1):
+            conv, bn = seq[i], seq[i + 1]
+            if not (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)):
+                continue
+            assert bn.running_var is not None and bn.running_mean is not None
+            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+            bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+            with torch.no_grad():
+                conv.weight.mul_(scale.reshape(-1, 1, 1, 1))
+                conv.bias = nn.Parameter(bn.bias + (bias - bn.running_mean) * scale)
+            seq[i + 1] = nn.Identity()
+
+
 def load_backbone(weights: Path, identity: ModelIdentity, device: torch.device) -> LoadedModel:
     """Load MobileNetV2 weights after checking their sha256.
 
@@ -136,7 +164,7 @@ def load_backbone(weights: Path, identity: ModelIdentity, device: torch.device) 
         identity: name, version and the sha256 the file must have.
         device: where to run.
     Returns:
-        The model in eval mode on ``device``.
+        The model in eval mode on ``device``, BatchNorm folded into the convolutions.
     Raises:
         ProcessingError: model_error for a missing file, a hash mismatch or weights
             that do not fit the architecture.
@@ -162,28 +190,102 @@ def load_backbone(weights: Path, identity: ModelIdentity, device: torch.device) 
             f"cannot load {weights.name} ({type(exc).__name__}: "
             f"{str(exc)[:200]}).",
         ) from exc
-    net.eval().to(device)
+    net.eval()
+    fold_batchnorm(net)
+    net.to(device)
     if device.type == "cuda":
         net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     return LoadedModel(identity, net, device)
 
 
-def preprocess(frames: Sequence[npt.NDArray[np.uint8]]) -> npt.NDArray[np.float32]:
-    """Centre-crop to square, resize to 224 and normalise: N x 3 x 224 x 224 float32."""
-    out = np.empty((len(frames), 3, INPUT_SIZE, INPUT_SIZE), np.float32)
+def preprocess(
+    frames: Sequence[npt.NDArray[np.uint8]], out: npt.NDArray[np.uint8] | None = None
+) -> npt.NDArray[np.uint8]:
+    """Centre-crop each frame to a square and resize it to 224, into one uint8 buffer.
+
+    Args:
+        frames: RGB uint8 arrays of any size.
+        out: a C-contiguous N' x 224 x 224 x 3 uint8 buffer with N' >= len(frames) to
+            reuse; a new one is made when None.
+    Returns:
+        The first len(frames) rows of ``out``: N x 224 x 224 x 3 uint8 RGB (NHWC).
+        Normalisation happens on the device (``to_input``), so the host moves a quarter
+        of the bytes a float32 batch would need.
+    """
+    n = len(frames)
+    if out is None:
+        out = np.empty((n, INPUT_SIZE, INPUT_SIZE, 3), np.uint8)
     for i, rgb in enumerate(frames):
         h, w = rgb.shape[:2]
         s = min(h, w)
         y0, x0 = (h - s) // 2, (w - s) // 2
-        sq = cv2.resize(
-            rgb[y0 : y0 + s, x0 : x0 + s], (INPUT_SIZE, INPUT_SIZE), interpolation=cv2.INTER_AREA
+        # The crop is a view and the resize writes straight into the batch buffer.
+        cv2.resize(
+            rgb[y0 : y0 + s, x0 : x0 + s],
+            (INPUT_SIZE, INPUT_SIZE),
+            dst=out[i],
+            interpolation=cv2.INTER_AREA,
         )
-        out[i] = ((sq.astype(np.float32) - _MEAN) / _STD).transpose(2, 0, 1)
-    return out
+    return out[:n]
+
+
+def to_input(batch: npt.NDArray[np.uint8], device: torch.device) -> torch.Tensor:
+    """N x 224 x 224 x 3 uint8 → normalised N x 3 x 224 x 224 float32 on ``device``.
+
+    Permuting NHWC gives NCHW in channels_last layout without a copy; the float conversion
+    keeps that layout, which is what MobileNetV2's depthwise convolutions run fastest on.
+    """
+    x = torch.from_numpy(batch)
+    # Pinned host memory lets the copy to a GPU run asynchronously.
+    x = x.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else x.to(device)
+    t = x.permute(0, 3, 1, 2).float()
+    mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1)
+    inv_std = torch.tensor([1.0 / s for s in STD], device=device).view(1, 3, 1, 1)
+    return t.sub_(mean).mul_(inv_std)
+
+
+@contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with ``threads`` intra-op threads, then restore the previous count.
+
+    torch's thread count is process-wide; this keeps a chosen count local to one call.
+    None leaves it alone.
+    """
+    if threads is None or threads == torch.get_num_threads():
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def iter_embeddings(
+    model: LoadedModel,
+    frames: Sequence[npt.NDArray[np.uint8]],
+    batch_size: int = 16,
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """(start index, N x 1280 float32 embeddings on the model's device) per batch.
+
+    Call inside ``torch.inference_mode()``; one host buffer serves every batch.
+    """
+    use_bf16 = model.device.type == "cuda"
+    buf = np.empty((min(batch_size, len(frames)), INPUT_SIZE, INPUT_SIZE, 3), np.uint8)
+    for start in range(0, len(frames), batch_size):
+        batch = preprocess(frames[start : start + batch_size], buf)
+        x = to_input(batch, model.device)
+        with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            emb = model.net.embed(x)
+        yield start, emb
 
 
 def embed_frames(
-    model: LoadedModel, frames: Sequence[npt.NDArray[np.uint8]], batch_size: int = 16
+    model: LoadedModel,
+    frames: Sequence[npt.NDArray[np.uint8]],
+    batch_size: int = 16,
+    threads: int | None = None,
 ) -> npt.NDArray[np.float32]:
     """Embed RGB frames in batches.
 
@@ -191,18 +293,12 @@ def embed_frames(
         model: from ``load_backbone``.
         frames: RGB uint8 arrays of any size.
         batch_size: frames per forward pass.
+        threads: CPU threads for this call (None: torch's current setting).
     Returns:
         N x 1280 float32, each row of unit length.
     """
     out = np.empty((len(frames), EMBEDDING_DIM), np.float32)
-    use_bf16 = model.device.type == "cuda"
-    with torch.inference_mode():
-        for start in range(0, len(frames), batch_size):
-            batch = torch.from_numpy(preprocess(frames[start : start + batch_size]))
-            batch = batch.to(model.device, non_blocking=True)
-            if use_bf16:
-                batch = batch.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                emb = model.net.embed(batch)
-            out[start : start + len(batch)] = emb.cpu().numpy()
+    with torch_threads(threads), torch.inference_mode():
+        for start, emb in iter_embeddings(model, frames, batch_size):
+            out[start : start + len(emb)] = emb.cpu().numpy()
     return out

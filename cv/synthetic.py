@@ -94,6 +94,31 @@ def _layout(rng: np.random.Generator, view_w: int, view_h: int) -> list[Tooth]:
     return teeth
 
 
+def _tooth_patch(t: Tooth, seed: int) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.float32]]:
+    """One tooth as an RGB patch and an alpha mask; its texture moves with it."""
+    rng = np.random.default_rng(seed)
+    w, h = max(4, int(t.w)), max(4, int(t.h))
+    shade = np.array((238, 232, 212), np.float32) + rng.integers(-10, 10, 3)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    # enamel is lighter at the incisal edge, darker towards the gum
+    gradient = 1.0 - 0.10 * (yy / h) - 0.04 * np.abs(xx / w - 0.5)
+    patch = shade[None, None, :] * gradient[..., None]
+    grain = cv2.GaussianBlur(rng.normal(0, 1, (h, w)).astype(np.float32), (0, 0), 1.0)
+    patch += (grain * 14)[..., None] + rng.integers(-8, 8, (h, w))[..., None]
+    mask = np.zeros((h, w), np.float32)
+    if t.round_:
+        cv2.circle(mask, (w // 2, h // 2), min(w, h) // 2 - 1, 1.0, -1, cv2.LINE_AA)
+        cv2.circle(patch, (w // 2, h // 2), min(w, h) // 5, (205, 195, 170), 2, cv2.LINE_AA)
+    else:
+        r = max(2, min(w, h) // 6)
+        cv2.rectangle(mask, (r, 0), (w - 1 - r, h - 1), 1.0, -1)
+        cv2.rectangle(mask, (0, r), (w - 1, h - 1 - r), 1.0, -1)
+        for cx, cy in ((r, r), (w - 1 - r, r), (r, h - 1 - r), (w - 1 - r, h - 1 - r)):
+            cv2.circle(mask, (cx, cy), r, 1.0, -1, cv2.LINE_AA)
+    mask = np.asarray(cv2.GaussianBlur(mask, (0, 0), 0.8), np.float32)
+    return np.clip(patch, 0, 255).astype(np.uint8), mask
+
+
 def _render_canvas(
     spec: ScanSpec, teeth: Iterable[Tooth], view_w: int, view_h: int
 ) -> npt.NDArray[np.uint8]:
@@ -103,24 +128,25 @@ def _render_canvas(
     gum[:] = (190, 95, 105)  # RGB pink
     # vessel-like texture so the gums have features to register
     noise = cv2.GaussianBlur(rng.normal(0, 1, (view_h, cw)).astype(np.float32), (0, 0), 3)
-    gum += (noise * 25)[..., None]
-    canvas = np.clip(gum, 0, 255).astype(np.uint8)
-    speck = rng.integers(-12, 12, (view_h, cw), dtype=np.int16)
+    gum += (noise * 25)[..., None] + rng.integers(-12, 12, (view_h, cw))[..., None]
+    canvas = np.clip(gum, 0, 255)
     for i, t in enumerate(teeth):
+        patch, mask = _tooth_patch(t, spec.seed * 1000 + i)
         dx, dy = spec.tooth_shifts.get(i, (0.0, 0.0))
-        cx, cy = int(t.x + dx), int(t.y + dy)
-        shade = tuple(int(c) for c in (238, 232, 212) + rng.integers(-10, 10, 3))
-        if t.round_:
-            cv2.circle(canvas, (cx, cy), int(t.w / 2), shade, -1, cv2.LINE_AA)
-            cv2.circle(canvas, (cx, cy), int(t.w / 5), (205, 195, 170), 2, cv2.LINE_AA)
-        else:
-            p0 = (int(cx - t.w / 2), int(cy - t.h / 2))
-            p1 = (int(cx + t.w / 2), int(cy + t.h / 2))
-            cv2.rectangle(canvas, p0, p1, shade, -1, cv2.LINE_AA)
-            cv2.rectangle(canvas, p0, p1, (150, 120, 110), 1, cv2.LINE_AA)
-    # enamel micro-texture everywhere (cheap and gives the Laplacian something to see)
-    textured = np.clip(canvas.astype(np.int16) + speck[..., None], 0, 255)
-    return np.asarray(textured, np.uint8)
+        x0, y0 = (
+            int(round(t.x + dx - patch.shape[1] / 2)),
+            int(round(t.y + dy - patch.shape[0] / 2)),
+        )
+        # clip the patch to the canvas
+        px0, py0 = max(0, -x0), max(0, -y0)
+        x1, y1 = min(cw, x0 + patch.shape[1]), min(view_h, y0 + patch.shape[0])
+        x0, y0 = max(0, x0), max(0, y0)
+        if x1 <= x0 or y1 <= y0:
+            continue
+        sub = (slice(py0, py0 + y1 - y0), slice(px0, px0 + x1 - x0))
+        m = mask[sub][..., None]
+        canvas[y0:y1, x0:x1] = canvas[y0:y1, x0:x1] * (1 - m) + patch[sub] * m
+    return np.asarray(canvas, np.uint8)
 
 
 def _frames(

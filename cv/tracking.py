@@ -1,9 +1,11 @@
-"""Comparing a scan with the patient's previous one.
+"""Comparing a scan with the patient's previous one, view by view.
 
-Frames of the two scans are paired by embedding similarity (the same part of the mouth
-looks alike to the backbone), each pair is registered with ORB features and a RANSAC
-homography, and the aligned overlap gives a change score. A pair whose registration is not
-trustworthy says so, with a reason, instead of reporting noise.
+For each view both scans show, the best frame of each is registered onto the other
+(AKAZE features, a RANSAC homography, refined by ECC where it converges). On the aligned
+overlap, what differs beyond noise is the change; dense optical flow inside it measures
+how far things moved. A registration that cannot be trusted (few inliers, a low inlier
+ratio, a large reprojection error: enamel has little texture, glares and is not flat) says
+so with a reason instead of reporting noise.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import numpy as np
 import numpy.typing as npt
 
 RGB = npt.NDArray[np.uint8]
+Gray = npt.NDArray[np.uint8]
+_WORK_WIDTH = 480  # registration and change are measured at this width
 
 
 @dataclass(frozen=True)
@@ -23,19 +27,28 @@ class RegistrationThresholds:
     min_inliers: int = 25
     min_inlier_ratio: float = 0.25
     max_reprojection_px: float = 4.0
+    min_overlap: float = 0.3
+    change_luma: float = 30.0  # an aligned pixel differing by more than this has changed
+    changed_fraction: float = 0.001  # a view has changed when this share of its overlap has
 
 
 @dataclass(frozen=True)
 class Registration:
-    """How well frame B maps onto frame A, and how much differs once aligned."""
+    """How well the previous frame maps onto the current one, and what differs once aligned.
+
+    Distances are in pixels of the current frame as given.
+    """
 
     matches: int
     inliers: int
     inlier_ratio: float
     reprojection_px: float
+    refined_by_ecc: bool
     trustworthy: bool
-    change_score: float | None  # mean absolute luma difference on the overlap, 0..1
-    overlap: float  # share of A covered by warped B
+    overlap: float  # share of the current frame covered by the warped previous one
+    change_score: float | None  # share of the overlap that changed, 0..1
+    changed: bool | None
+    displacement_px: float | None  # how far the changed parts moved (90th percentile)
     reason: str | None = None
 
 
@@ -52,8 +65,8 @@ def pair_frames(
     """The ``count`` most similar (current, previous) pairs, each current frame used once.
 
     Args:
-        current: N x D unit embeddings of the current scan's keyframes.
-        previous: M x D unit embeddings of the previous scan's keyframes.
+        current: N x D unit embeddings.
+        previous: M x D unit embeddings.
         count: most pairs to return.
     Returns:
         Pairs sorted by descending cosine similarity.
@@ -66,101 +79,179 @@ def pair_frames(
     return sorted(pairs, key=lambda p: -p.similarity)[:count]
 
 
-def _gray(rgb: RGB, width: int = 480) -> npt.NDArray[np.uint8]:
+def best_frame_per_view(
+    views: Sequence[str | None], sharpness: Sequence[float], usable: Sequence[bool]
+) -> dict[str, int]:
+    """For each view, the sharpest usable frame showing it (any frame if none is usable)."""
+    best: dict[str, int] = {}
+    for i, view in enumerate(views):
+        if view is None:
+            continue
+        j = best.get(view)
+        if j is None or (usable[i], sharpness[i]) > (usable[j], sharpness[j]):
+            best[view] = i
+    return best
+
+
+def _gray(rgb: RGB) -> Gray:
     h, w = rgb.shape[:2]
     g = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-    if w != width:
-        g = cv2.resize(g, (width, int(round(h * width / w))), interpolation=cv2.INTER_AREA)
+    if w != _WORK_WIDTH:
+        g = cv2.resize(
+            g, (_WORK_WIDTH, int(round(h * _WORK_WIDTH / w))), interpolation=cv2.INTER_AREA
+        )
     return np.asarray(g, np.uint8)
 
 
-def register(a: RGB, b: RGB, t: RegistrationThresholds | None = None) -> Registration:
-    """Register ``b`` onto ``a`` (ORB + RANSAC homography) and score their difference.
+def _features(g: Gray) -> tuple[list[cv2.KeyPoint], npt.NDArray[np.uint8] | None]:
+    detector = cv2.AKAZE_create(threshold=0.0005)
+    kp, desc = detector.detectAndCompute(g, None)
+    return list(kp), desc
+
+
+def _refine_ecc(a: Gray, b: Gray, hom: npt.NDArray[np.float64]) -> npt.NDArray[np.float64] | None:
+    """ECC refinement of b→a at half size; None when it does not converge."""
+    s = 0.5
+    scale = np.diag([s, s, 1.0])
+    warp = (scale @ hom @ np.linalg.inv(scale)).astype(np.float32)
+    small_a = cv2.resize(a, None, fx=s, fy=s, interpolation=cv2.INTER_AREA)
+    small_b = cv2.resize(b, None, fx=s, fy=s, interpolation=cv2.INTER_AREA)
+    # ECC maps template coordinates into the input image: template = a, input = b, so it
+    # wants the inverse of b→a.
+    inv = np.linalg.inv(warp).astype(np.float32)
+    criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 60, 1e-5)
+    try:
+        _, inv = cv2.findTransformECC(
+            small_a, small_b, inv, cv2.MOTION_HOMOGRAPHY, criteria, None, 5
+        )
+    except cv2.error:
+        return None
+    refined = np.linalg.inv(scale) @ np.linalg.inv(inv.astype(np.float64)) @ scale
+    return np.asarray(refined, np.float64)
+
+
+def register(
+    a: RGB, b: RGB, t: RegistrationThresholds | None = None
+) -> tuple[Registration, npt.NDArray[np.float32] | None]:
+    """Register ``b`` (previous) onto ``a`` (current) and measure what changed.
 
     Args:
-        a: reference frame (current scan), RGB.
-        b: frame to align (previous scan), RGB.
-        t: when a registration is trustworthy.
+        a: current frame, RGB.
+        b: previous frame, RGB (any size; resized to a's aspect).
+        t: thresholds.
     Returns:
-        Registration; ``change_score`` is None when the alignment cannot be trusted.
+        The Registration, and a change map (float32, a's size at the working width, 0..1)
+        when the registration is trustworthy, else None.
     """
     t = t or RegistrationThresholds()
+    scale_to_a = a.shape[1] / _WORK_WIDTH
     ga, gb = _gray(a), _gray(b)
     if gb.shape != ga.shape:
         gb = np.asarray(
             cv2.resize(gb, (ga.shape[1], ga.shape[0]), interpolation=cv2.INTER_AREA), np.uint8
         )
-    orb = cv2.ORB_create(nfeatures=1500)  # type: ignore[attr-defined]
-    ka, da = orb.detectAndCompute(ga, None)
-    kb, db = orb.detectAndCompute(gb, None)
+
+    def untrusted(
+        matches: int, inliers: int, ratio: float, err: float, reason: str, overlap: float = 0.0
+    ) -> tuple[Registration, None]:
+        return Registration(
+            matches, inliers, ratio, err, False, False, overlap, None, None, None, reason
+        ), None
+
+    ka, da = _features(ga)
+    kb, db = _features(gb)
     if da is None or db is None or len(ka) < 8 or len(kb) < 8:
-        return Registration(0, 0, 0.0, float("inf"), False, None, 0.0, "too few features")
-    matcher = cv2.BFMatcher(cv2.NORM_HAMMING)
-    good = []
-    for pair in matcher.knnMatch(db, da, k=2):
-        if len(pair) == 2 and pair[0].distance < 0.8 * pair[1].distance:
-            good.append(pair[0])
+        return untrusted(0, 0, 0.0, float("inf"), "too few features: a featureless or blurred view")
+    good = [
+        p[0]
+        for p in cv2.BFMatcher(cv2.NORM_HAMMING).knnMatch(db, da, k=2)
+        if len(p) == 2 and p[0].distance < 0.8 * p[1].distance
+    ]
     if len(good) < 8:
-        return Registration(len(good), 0, 0.0, float("inf"), False, None, 0.0, "too few matches")
+        return untrusted(len(good), 0, 0.0, float("inf"), f"only {len(good)} feature matches")
     src = np.array([kb[m.queryIdx].pt for m in good], np.float32).reshape(-1, 1, 2)
     dst = np.array([ka[m.trainIdx].pt for m in good], np.float32).reshape(-1, 1, 2)
     hom, mask = cv2.findHomography(src, dst, cv2.RANSAC, 3.0)
     if hom is None:
-        return Registration(len(good), 0, 0.0, float("inf"), False, None, 0.0, "no homography")
+        return untrusted(len(good), 0, 0.0, float("inf"), "no consistent homography")
     inl = mask.ravel().astype(bool)
     n_in = int(inl.sum())
-    proj = cv2.perspectiveTransform(src[inl], hom)
-    err = float(np.sqrt(((proj - dst[inl]) ** 2).sum(axis=2)).mean()) if n_in else float("inf")
     ratio = n_in / len(good)
-    reason = None
+    proj = cv2.perspectiveTransform(src[inl], hom)
+    err = float(np.sqrt(((proj - dst[inl]) ** 2).sum(axis=2)).mean()) * scale_to_a
     if n_in < t.min_inliers:
-        reason = f"only {n_in} inliers (need {t.min_inliers})"
-    elif ratio < t.min_inlier_ratio:
-        reason = f"inlier ratio {ratio:.2f} below {t.min_inlier_ratio}"
-    elif err > t.max_reprojection_px:
-        reason = f"reprojection error {err:.1f} px above {t.max_reprojection_px}"
+        return untrusted(len(good), n_in, ratio, err, f"only {n_in} inliers (need {t.min_inliers})")
+    if ratio < t.min_inlier_ratio:
+        return untrusted(
+            len(good), n_in, ratio, err, f"inlier ratio {ratio:.2f} below {t.min_inlier_ratio}"
+        )
+    if err > t.max_reprojection_px:
+        return untrusted(
+            len(good),
+            n_in,
+            ratio,
+            err,
+            f"reprojection error {err:.1f} px above {t.max_reprojection_px}",
+        )
+    refined = _refine_ecc(ga, gb, hom)
+    if refined is not None:
+        hom = refined
     h, w = ga.shape
-    warped = cv2.warpPerspective(gb, hom, (w, h))
-    valid = cv2.warpPerspective(np.full_like(gb, 255), hom, (w, h)) > 0
+    warped = cv2.warpPerspective(gb, hom, (w, h), flags=cv2.INTER_LINEAR)
+    valid = cv2.warpPerspective(np.full_like(gb, 255), hom, (w, h), flags=cv2.INTER_NEAREST)
+    valid = cv2.erode(valid, np.ones((7, 7), np.uint8)) > 0
     overlap = float(valid.mean())
-    change = None
-    if reason is None and overlap > 0.2:
-        diff = cv2.absdiff(ga, warped).astype(np.float32) / 255.0
-        change = float(diff[valid].mean())
-    elif reason is None:
-        reason = f"overlap {overlap:.0%} too small"
-    return Registration(len(good), n_in, ratio, err, reason is None, change, overlap, reason)
-
-
-@dataclass(frozen=True)
-class ScanComparison:
-    pairs: tuple[tuple[FramePair, Registration], ...]
-    mean_similarity: float
-    trusted_pairs: int
-    mean_change: float | None
-
-
-def compare_scans(
-    current_frames: Sequence[RGB],
-    current_emb: npt.NDArray[np.float32],
-    previous_frames: Sequence[RGB],
-    previous_emb: npt.NDArray[np.float32],
-    pairs: int = 5,
-) -> ScanComparison:
-    """Pair the two scans' keyframes and register each pair.
-
-    Returns:
-        Per pair: similarity and registration; overall: mean similarity and mean change
-        over the trustworthy pairs (None when none is trustworthy).
-    """
-    chosen = pair_frames(current_emb, previous_emb, pairs)
-    regs = tuple(
-        (p, register(current_frames[p.current], previous_frames[p.previous])) for p in chosen
+    if overlap < t.min_overlap:
+        return untrusted(len(good), n_in, ratio, err, f"overlap {overlap:.0%} too small", overlap)
+    sa = cv2.GaussianBlur(ga, (0, 0), 1.5)
+    sb = cv2.GaussianBlur(warped, (0, 0), 1.5)
+    diff = cv2.absdiff(sa, sb)
+    changed_mask = (diff > t.change_luma) & valid
+    changed_mask = cv2.morphologyEx(
+        changed_mask.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)
+    ).astype(bool)
+    score = float(changed_mask.sum() / max(1, valid.sum()))
+    changed = score > t.changed_fraction
+    displacement = None
+    if changed:
+        displacement = _local_displacement(sa, sb, changed_mask) * scale_to_a
+    change_map = np.where(valid, diff.astype(np.float32) / 255.0, 0.0).astype(np.float32)
+    reg = Registration(
+        len(good),
+        n_in,
+        ratio,
+        err,
+        refined is not None,
+        True,
+        overlap,
+        score,
+        changed,
+        displacement,
+        None,
     )
-    trusted = [r.change_score for _, r in regs if r.change_score is not None]
-    return ScanComparison(
-        pairs=regs,
-        mean_similarity=float(np.mean([p.similarity for p in chosen])) if chosen else 0.0,
-        trusted_pairs=len(trusted),
-        mean_change=float(np.mean(trusted)) if trusted else None,
+    return reg, change_map
+
+
+def _local_displacement(current: Gray, previous: Gray, changed: npt.NDArray[np.bool_]) -> float:
+    """How far the changed parts moved, in working-width pixels: the median magnitude of
+    dense optical flow (DIS) from the aligned previous frame to the current one, over the
+    pixels that changed. The global alignment has removed the camera's motion."""
+    flow = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM).calc(
+        previous, current, None
     )
+    magnitude = np.linalg.norm(flow, axis=2)[changed]
+    return float(np.median(magnitude)) if magnitude.size else 0.0
+
+
+def render_change_map(
+    current: RGB, change_map: npt.NDArray[np.float32], t: RegistrationThresholds | None = None
+) -> RGB:
+    """The current frame with what changed since the previous scan tinted red."""
+    t = t or RegistrationThresholds()
+    h, w = current.shape[:2]
+    cm = cv2.resize(change_map, (w, h), interpolation=cv2.INTER_LINEAR)
+    strength = np.clip((cm * 255 - t.change_luma / 2) / t.change_luma, 0, 1)[..., None]
+    red = np.zeros_like(current)
+    red[..., 0] = 255
+    out = current.astype(np.float32) * (1 - 0.6 * strength) + red * (0.6 * strength)
+    return np.asarray(np.clip(out, 0, 255), np.uint8)

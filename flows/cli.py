@@ -282,7 +282,7 @@ COMMANDS: dict[str, Any] = {
 # Command groups that live in modules of their own. Each module has
 # ``register(sub) -> dict[str, handler]``: it adds its subparsers to ``sub`` and returns
 # their handlers, each called as ``handler(args, settings, stack) -> exit code``.
-EXTENSIONS: list[str] = []
+EXTENSIONS: list[str] = ["deployments.automations_cli", "deployments.commands", "flows.model_cli"]
 
 
 def _load_extensions(sub: Any) -> None:

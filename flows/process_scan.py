@@ -1,7 +1,8 @@
 """process-scan: one scan video in, a manifest of insights for the doctor out.
 
-download_scan → extract_frames → run_inference → render_summary → compute_tracking
-→ publish_manifest. The flow only composes; the work is in tasks/ and cv/.
+load_model → download_scan → extract_frames → run_inference → render_summary
+→ compute_tracking → publish_manifest. The model is checked first, so a bad one fails the
+run before any frame is processed. The flow only composes; the work is in tasks/ and cv/.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ from prefect.artifacts import create_markdown_artifact
 from pydantic import Field
 
 from cv.errors import ScanError
+from flows.hooks import send_outcome
 from flows.settings import Settings
 from tasks.download import download_scan
 from tasks.frames import extract_frames
-from tasks.inference import run_inference
+from tasks.inference import load_model, run_inference
 from tasks.manifest import Artifacts, Manifest, artifact_key, publish_manifest
 from tasks.options import ID_PATTERN, ScanOptions
 from tasks.storage import join
@@ -41,7 +43,15 @@ def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
         timings[stage] = round(time.perf_counter() - start, 4)
 
 
-@flow(name="process-scan", flow_run_name="{scan_id}", persist_result=False)
+@flow(
+    name="process-scan",
+    flow_run_name="{scan_id}",
+    persist_result=False,
+    on_completion=[send_outcome],
+    on_failure=[send_outcome],
+    on_crashed=[send_outcome],
+    on_cancellation=[send_outcome],
+)
 def process_scan(
     scan_id: ScanId,
     patient_id: PatientId,
@@ -58,6 +68,8 @@ def process_scan(
     work.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     try:
+        with _timed(timings, "load_model"):
+            model = load_model(options.model, options.device, str(settings.models_dir))
         with _timed(timings, "download_scan"):
             video = download_scan(video_uri, str(work), options.limits.max_bytes)
         with _timed(timings, "extract_frames"):
@@ -66,10 +78,10 @@ def process_scan(
             inference = run_inference(
                 frames,
                 scan_uri,
-                options.model,
-                options.device,
+                model,
                 options.batch_size,
                 str(settings.models_dir),
+                settings.cpu_threads,
             )
         with _timed(timings, "render_summary"):
             summary = render_summary(frames, inference, scan_uri, str(work), options)
@@ -80,7 +92,7 @@ def process_scan(
                 settings.results_root,
                 scan_uri,
                 previous_scan_ids,
-                summary,
+                frames,
                 inference,
             )
         manifest = Manifest(
@@ -94,6 +106,7 @@ def process_scan(
             video=frames.video,
             quality=frames.quality,
             model=inference.model,
+            views=inference.views,
             timings_s=timings,
             artifacts=Artifacts(
                 summary_video=summary.video_uri,
@@ -102,10 +115,13 @@ def process_scan(
                 contact_sheet=summary.contact_sheet_uri,
                 keyframes=summary.keyframes,
                 embeddings=inference.embeddings_uri,
+                views=inference.views_uri,
                 frame_quality=frames.frame_quality_uri,
-                tracking=tracking.uri if tracking else None,
+                tracking=tracking.uri,
             ),
-            tracking=tracking.summary if tracking else None,
+            view_frames=tracking.view_frames,
+            tracking=tracking.summary,
+            trend=tracking.trend,
         )
         return publish_manifest(manifest, scan_uri)
     except ScanError as exc:

@@ -116,8 +116,9 @@ class LocalStack:
 
     # -- environment -------------------------------------------------------------------
     def client_env(self) -> dict[str, str]:
+        """Environment for processes that talk to this stack's server (deploy, worker)."""
         env = dict(os.environ)
-        env.setdefault("PREFECT_API_URL", self.settings.api_url)
+        env["PREFECT_API_URL"] = self.settings.api_url
         env.setdefault("PREFECT_HOME", str(self.home / "prefect"))
         env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
         env.setdefault("DO_NOT_TRACK", "1")

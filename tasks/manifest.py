@@ -10,11 +10,11 @@ from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, Field
 
 from tasks.frames import QualitySummary, VideoSummary
-from tasks.inference import ModelInfo
+from tasks.inference import ModelInfo, ViewCoverage
 from tasks.storage import join, store_for
 from tasks.summary import Keyframe
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"  # 1.1: views, artifacts.views, model package fields
 MANIFEST_NAME = "manifest.json"
 
 
@@ -25,30 +25,71 @@ class Artifacts(BaseModel):
     contact_sheet: str
     keyframes: list[Keyframe]
     embeddings: str
+    views: str | None = Field(None, description="Per kept frame: predicted view, confidence.")
     frame_quality: str
     tracking: str | None = None
 
 
-class PairMetrics(BaseModel):
-    current_keyframe: int
-    previous_keyframe: int
-    similarity: float
-    inliers: int
-    inlier_ratio: float
-    reprojection_px: float | None
-    trustworthy: bool
-    change_score: float | None
-    reason: str | None
+class ViewFrame(BaseModel):
+    """The frame that shows a view best in one scan (what the next scan is compared with)."""
+
+    view: str
+    uri: str
+    kept_index: int
+    time_s: float
+    sharpness: float
+
+
+class ViewChange(BaseModel):
+    """One view compared with the previous scan."""
+
+    view: str
+    status: str = Field(description="compared | untrustworthy | missing_now | missing_before")
+    current_frame: str | None = None
+    previous_frame: str | None = None
+    inliers: int | None = None
+    inlier_ratio: float | None = None
+    reprojection_px: float | None = None
+    refined_by_ecc: bool | None = None
+    overlap: float | None = None
+    change_score: float | None = Field(
+        None,
+        description="Share of the aligned overlap that changed, 0..1; null when not trustworthy.",
+    )
+    changed: bool | None = None
+    displacement_px: float | None = Field(
+        None, description="How far the changed parts moved, in pixels of the current frame."
+    )
+    change_map: str | None = None
+    reason: str | None = Field(None, description="Why the comparison is not trustworthy.")
 
 
 class TrackingSummary(BaseModel):
     previous_scan_id: str
-    mean_similarity: float = Field(description="Mean cosine similarity of paired keyframes.")
-    trusted_pairs: int
-    mean_change: float | None = Field(
-        description="Mean aligned luma difference (0..1) over trustworthy pairs; null if none."
+    views: list[ViewChange]
+    changed_views: list[str]
+    quality_delta: dict[str, float] = Field(
+        description="This scan's figure minus the previous scan's (usable_fraction, ...)."
     )
-    pairs: list[PairMetrics]
+    views_gained: list[str]
+    views_lost: list[str]
+
+
+class TrendPoint(BaseModel):
+    scan_id: str
+    completed_at: datetime
+    usable_fraction: float
+    time_coverage: float
+    views: int = Field(description="Standard views seen with a usable frame.")
+    changed_views: int | None = Field(description="Views changed since the scan before.")
+
+
+class Trend(BaseModel):
+    """The patient's completed scans up to this one, oldest first."""
+
+    scans: list[TrendPoint]
+    json_uri: str
+    plot_uri: str
 
 
 class Manifest(BaseModel):
@@ -66,9 +107,15 @@ class Manifest(BaseModel):
     video: VideoSummary
     quality: QualitySummary
     model: ModelInfo
+    views: ViewCoverage | None = None
     timings_s: dict[str, float] = Field(description="Wall time of each stage, seconds.")
     artifacts: Artifacts
+    view_frames: list[ViewFrame] = Field(
+        default_factory=list,
+        description="The best frame of each view, for comparison with later scans.",
+    )
     tracking: TrackingSummary | None = None
+    trend: Trend | None = None
 
 
 def manifest_uri(scan_uri: str) -> str:
@@ -92,22 +139,42 @@ def _markdown(m: Manifest, uri: str, ui_hint: str | None) -> str:
         f"| blurry / dark / glare / fast motion | {q.blurry_fraction:.0%} / "
         f"{q.dark_fraction:.0%} / {q.glare_fraction:.0%} / {q.fast_motion_fraction:.0%} |",
         f"| model | {m.model.name} {m.model.version} on {m.model.device} |",
+        *_view_rows(m),
         f"| total time | {sum(m.timings_s.values()):.1f} s |",
     ]
     if m.tracking:
         t = m.tracking
-        change = f"{t.mean_change:.3f}" if t.mean_change is not None else "not trustworthy"
         lines.append(
-            f"| vs scan `{t.previous_scan_id}` | similarity {t.mean_similarity:.2f}, "
-            f"change {change} ({t.trusted_pairs} aligned pairs) |"
+            f"| changed since `{t.previous_scan_id}` | {', '.join(t.changed_views) or 'no view'} |"
         )
+        for v in t.views:
+            if v.status == "compared":
+                moved = f", moved {v.displacement_px:.1f} px" if v.displacement_px else ""
+                lines.append(
+                    f"| {v.view} | change {v.change_score:.2%}{moved} ({v.inliers} inliers) |"
+                )
+            else:
+                lines.append(
+                    f"| {v.view} | {v.status.replace('_', ' ')}"
+                    f"{': ' + v.reason if v.reason else ''} |"
+                )
     lines += [
         "",
         f"- manifest: `{uri}`",
         f"- summary video: `{m.artifacts.summary_video}`",
         f"- contact sheet: `{m.artifacts.contact_sheet}`",
     ]
+    if m.trend:
+        lines.append(f"- trend over {len(m.trend.scans)} scans: `{m.trend.plot_uri}`")
     return "\n".join(lines)
+
+
+def _view_rows(m: Manifest) -> list[str]:
+    if m.views is None:
+        return []
+    seen = ", ".join(f"{k} {v}" for k, v in m.views.frames.items() if v) or "none"
+    missing = ", ".join(m.views.missing) or "none"
+    return [f"| views (usable frames) | {seen}; missing: {missing} |"]
 
 
 @task(name="publish-manifest")

@@ -29,14 +29,18 @@ class Limits(BaseModel):
 
 
 class ModelRef(BaseModel):
-    """Which model to run; empty means the production default."""
+    """Which model package to run; empty means the production model (a Prefect Variable)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    uri: str | None = Field(None, description="file:// or s3:// URI of the model weights.")
-    name: str | None = None
-    version: str | None = None
-    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    uri: str | None = Field(
+        None, description="file:// or s3:// URI of a model package (.zip); empty: production."
+    )
+    name: str | None = Field(None, description="If given, the package must have this name.")
+    version: str | None = Field(None, description="If given, the package must have this version.")
+    sha256: str | None = Field(
+        None, pattern=r"^[0-9a-f]{64}$", description="sha256 of the package; required with uri."
+    )
 
 
 class ScanOptions(BaseModel):

@@ -17,7 +17,7 @@ from cv.summary import (
     render_summary_video,
 )
 from tasks.frames import FramesResult, load_frame
-from tasks.inference import InferenceResult, load_embeddings
+from tasks.inference import MIN_VIEW_CONFIDENCE, InferenceResult, load_embeddings, load_views
 from tasks.options import ScanOptions
 from tasks.storage import join, store_for
 
@@ -50,7 +50,11 @@ def render_summary(
     """Choose keyframes and write summary.mp4, contact_sheet.jpg and keyframes/*.jpg."""
     store = store_for(scan_uri)
     kept = frames.kept
-    info = [SummaryFrame(f.time_s, f.sharpness, f.usable) for f in kept]
+    _, rows = load_views(inference.views_uri)
+    views = [r["view"] if r["confidence"] >= MIN_VIEW_CONFIDENCE else None for r in rows]
+    info = [
+        SummaryFrame(f.time_s, f.sharpness, f.usable, v) for f, v in zip(kept, views, strict=True)
+    ]
     emb = load_embeddings(inference.embeddings_uri)
     key_idx = choose_keyframes(
         emb, [f.sharpness for f in kept], [f.usable for f in kept], options.keyframes

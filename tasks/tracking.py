@@ -1,32 +1,49 @@
-"""compute_tracking: compare this scan with the patient's previous completed scan."""
+"""compute_tracking: this scan against the patient's previous one, view by view, and the
+patient's trend across all their scans."""
 
 from __future__ import annotations
 
 import json
 import math
+from datetime import UTC, datetime
 
 from prefect import get_run_logger, task
 from pydantic import BaseModel
 
-from cv.errors import ScanError
-from cv.images import decode_jpeg
-from cv.tracking import compare_scans
-from tasks.inference import InferenceResult, load_embeddings
-from tasks.manifest import MANIFEST_NAME, Manifest, PairMetrics, TrackingSummary, read_manifest
+from cv.images import decode_jpeg, encode_jpeg, encode_png
+from cv.synthetic import VIEWS
+from cv.tracking import best_frame_per_view, register, render_change_map
+from cv.trend import render_trend
+from tasks.frames import FramesResult, load_frame
+from tasks.inference import MIN_VIEW_CONFIDENCE, InferenceResult, load_views
+from tasks.manifest import (
+    MANIFEST_NAME,
+    Manifest,
+    TrackingSummary,
+    Trend,
+    TrendPoint,
+    ViewChange,
+    ViewFrame,
+    read_manifest,
+)
 from tasks.storage import join, store_for
-from tasks.summary import SummaryResult
+
+_COMPARED_FIGURES = ("usable_fraction", "time_coverage", "median_sharpness")
 
 
 class TrackingResult(BaseModel):
-    summary: TrackingSummary
-    uri: str
+    view_frames: list[ViewFrame]
+    summary: TrackingSummary | None
+    trend: Trend
+    uri: str | None
 
 
 def completed_scans(results_root: str, patient_id: str) -> list[Manifest]:
     """The patient's completed scans in the results store, oldest first.
 
     A scan counts once its manifest exists (it is written last), so a scan still being
-    processed, or one that failed half-way, is never taken as history.
+    processed, or one that failed half-way, is never taken as history. Nothing else is
+    shared between a patient's scans, so concurrent scans cannot corrupt the history.
     """
     patient_uri = join(results_root, patient_id)
     store = store_for(patient_uri)
@@ -38,18 +55,102 @@ def completed_scans(results_root: str, patient_id: str) -> list[Manifest]:
     return sorted(out, key=lambda m: m.completed_at)
 
 
-def _previous(
-    results_root: str, patient_id: str, scan_id: str, previous_scan_ids: list[str] | None
-) -> Manifest | None:
-    if previous_scan_ids:
-        uri = join(results_root, patient_id, previous_scan_ids[-1], MANIFEST_NAME)
-        return read_manifest(uri)
-    history = [m for m in completed_scans(results_root, patient_id) if m.scan_id != scan_id]
-    return history[-1] if history else None
+def _view_frames(frames: FramesResult, inference: InferenceResult) -> list[ViewFrame]:
+    _, rows = load_views(inference.views_uri)
+    views = [
+        r["view"] if r["confidence"] >= MIN_VIEW_CONFIDENCE and r["view"] != "other" else None
+        for r in rows
+    ]
+    best = best_frame_per_view(
+        views, [f.sharpness for f in frames.kept], [f.usable for f in frames.kept]
+    )
+    return [
+        ViewFrame(
+            view=v,
+            uri=frames.kept[i].uri,
+            kept_index=i,
+            time_s=frames.kept[i].time_s,
+            sharpness=frames.kept[i].sharpness,
+        )
+        for v, i in sorted(best.items())
+    ]
 
 
 def _finite(x: float) -> float | None:
     return x if math.isfinite(x) else None
+
+
+def _compare(
+    view: str,
+    current: ViewFrame | None,
+    previous: ViewFrame | None,
+    frames: FramesResult,
+    scan_uri: str,
+) -> ViewChange:
+    if current is None or previous is None:
+        status = "missing_now" if current is None else "missing_before"
+        return ViewChange(
+            view=view,
+            status=status,
+            current_frame=current.uri if current else None,
+            previous_frame=previous.uri if previous else None,
+        )
+    cur = load_frame(frames.kept[current.kept_index])
+    prev = decode_jpeg(store_for(previous.uri).get_bytes(previous.uri))
+    reg, change_map = register(cur, prev)
+    map_uri = None
+    if change_map is not None:
+        map_uri = join(scan_uri, "tracking", f"{view}.jpg")
+        store_for(map_uri).put_bytes(
+            map_uri, encode_jpeg(render_change_map(cur, change_map)), "image/jpeg"
+        )
+    return ViewChange(
+        view=view,
+        status="compared" if reg.trustworthy else "untrustworthy",
+        current_frame=current.uri,
+        previous_frame=previous.uri,
+        inliers=reg.inliers,
+        inlier_ratio=reg.inlier_ratio,
+        reprojection_px=_finite(reg.reprojection_px),
+        refined_by_ecc=reg.refined_by_ecc,
+        overlap=reg.overlap,
+        change_score=reg.change_score,
+        changed=reg.changed,
+        displacement_px=reg.displacement_px,
+        change_map=map_uri,
+        reason=reg.reason,
+    )
+
+
+def _trend(history: list[Manifest], now: TrendPoint, scan_uri: str) -> Trend:
+    points = [
+        TrendPoint(
+            scan_id=m.scan_id,
+            completed_at=m.completed_at,
+            usable_fraction=m.quality.usable_fraction,
+            time_coverage=m.quality.time_coverage,
+            views=len(m.view_frames),
+            changed_views=len(m.tracking.changed_views) if m.tracking else None,
+        )
+        for m in history
+    ] + [now]
+    plot = render_trend(
+        {
+            "usable frames (share)": [p.usable_fraction for p in points],
+            "time coverage (share)": [p.time_coverage for p in points],
+            f"views seen (of {len(VIEWS)})": [p.views / len(VIEWS) for p in points],
+        },
+        [p.completed_at.strftime("%Y-%m-%d") for p in points],
+    )
+    json_uri, plot_uri = join(scan_uri, "trend.json"), join(scan_uri, "trend.png")
+    store = store_for(scan_uri)
+    store.put_bytes(
+        json_uri,
+        json.dumps({"scans": [p.model_dump(mode="json") for p in points]}, indent=2).encode(),
+        "application/json",
+    )
+    store.put_bytes(plot_uri, encode_png(plot), "image/png")
+    return Trend(scans=points, json_uri=json_uri, plot_uri=plot_uri)
 
 
 @task(name="compute-tracking")
@@ -59,55 +160,56 @@ def compute_tracking(
     results_root: str,
     scan_uri: str,
     previous_scan_ids: list[str] | None,
-    summary: SummaryResult,
+    frames: FramesResult,
     inference: InferenceResult,
-) -> TrackingResult | None:
-    """Pair keyframes with the previous scan's, register them, and store tracking.json."""
+) -> TrackingResult:
+    """Compare each view with the previous scan; write tracking.json, change maps, trend."""
     logger = get_run_logger()
-    previous = _previous(results_root, patient_id, scan_id, previous_scan_ids)
+    view_frames = _view_frames(frames, inference)
+    history = [m for m in completed_scans(results_root, patient_id) if m.scan_id != scan_id]
+    if previous_scan_ids:
+        wanted = set(previous_scan_ids)
+        history = [m for m in history if m.scan_id in wanted]
+    previous = history[-1] if history else None
+    summary = None
+    uri = None
     if previous is None:
-        logger.info("no previous scan for this patient: nothing to track against")
-        return None
-    cur_emb = load_embeddings(inference.embeddings_uri)[[k.kept_index for k in summary.keyframes]]
-    try:
-        prev_all = load_embeddings(previous.artifacts.embeddings)
-    except ScanError as exc:
-        logger.warning("previous scan %s has no readable embeddings (%s)", previous.scan_id, exc)
-        return None
-    prev_emb = prev_all[[k.kept_index for k in previous.artifacts.keyframes]]
-    cur_img = [decode_jpeg(store_for(k.uri).get_bytes(k.uri)) for k in summary.keyframes]
-    prev_img = [
-        decode_jpeg(store_for(k.uri).get_bytes(k.uri)) for k in previous.artifacts.keyframes
-    ]
-    comparison = compare_scans(cur_img, cur_emb, prev_img, prev_emb)
-    result = TrackingSummary(
-        previous_scan_id=previous.scan_id,
-        mean_similarity=comparison.mean_similarity,
-        trusted_pairs=comparison.trusted_pairs,
-        mean_change=comparison.mean_change,
-        pairs=[
-            PairMetrics(
-                current_keyframe=p.current,
-                previous_keyframe=p.previous,
-                similarity=p.similarity,
-                inliers=r.inliers,
-                inlier_ratio=r.inlier_ratio,
-                reprojection_px=_finite(r.reprojection_px),
-                trustworthy=r.trustworthy,
-                change_score=r.change_score,
-                reason=r.reason,
-            )
-            for p, r in comparison.pairs
-        ],
+        logger.info("no previous scan for this patient: nothing to compare with")
+    else:
+        cur = {v.view: v for v in view_frames}
+        prev = {v.view: v for v in previous.view_frames}
+        changes = [
+            _compare(view, cur.get(view), prev.get(view), frames, scan_uri)
+            for view in sorted(cur.keys() | prev.keys())
+        ]
+        summary = TrackingSummary(
+            previous_scan_id=previous.scan_id,
+            views=changes,
+            changed_views=[c.view for c in changes if c.changed],
+            quality_delta={
+                k: getattr(frames.quality, k) - getattr(previous.quality, k)
+                for k in _COMPARED_FIGURES
+            },
+            views_gained=sorted(cur.keys() - prev.keys()),
+            views_lost=sorted(prev.keys() - cur.keys()),
+        )
+        uri = join(scan_uri, "tracking.json")
+        store_for(uri).put_bytes(
+            uri, summary.model_dump_json(indent=2).encode(), "application/json"
+        )
+        logger.info(
+            "compared with %s: %d views compared, changed: %s",
+            previous.scan_id,
+            sum(c.status == "compared" for c in changes),
+            ", ".join(summary.changed_views) or "none",
+        )
+    now = TrendPoint(
+        scan_id=scan_id,
+        completed_at=datetime.now(UTC),
+        usable_fraction=frames.quality.usable_fraction,
+        time_coverage=frames.quality.time_coverage,
+        views=len(view_frames),
+        changed_views=len(summary.changed_views) if summary else None,
     )
-    uri = join(scan_uri, "tracking.json")
-    store_for(uri).put_bytes(
-        uri, json.dumps(result.model_dump(), indent=2).encode(), "application/json"
-    )
-    logger.info(
-        "tracked against %s: similarity %.2f, %d trustworthy pairs",
-        previous.scan_id,
-        comparison.mean_similarity,
-        comparison.trusted_pairs,
-    )
-    return TrackingResult(summary=result, uri=uri)
+    trend = _trend(history, now, scan_uri)
+    return TrackingResult(view_frames=view_frames, summary=summary, trend=trend, uri=uri)

@@ -50,8 +50,9 @@ def test_a_scan_runs_end_to_end(good_scan: SyntheticScan, results_dir: Path) -> 
     assert (m.scan_id, m.patient_id, m.status) == ("scan-a", "patient-1", "completed")
     assert m.video.width == 320 and m.video.fps == pytest.approx(15)
     assert m.quality.usable and m.quality.frames_decoded == 90
-    assert m.model.name == "mobilenet_v2-imagenet" and len(m.model.sha256) == 64
+    assert m.model.name == "view-classifier" and len(m.model.sha256) == 64
     assert set(m.timings_s) == {
+        "load_model",
         "download_scan",
         "extract_frames",
         "run_inference",
@@ -80,15 +81,23 @@ def test_a_scan_runs_end_to_end(good_scan: SyntheticScan, results_dir: Path) -> 
 def test_a_later_scan_is_tracked_against_the_earlier_one(
     good_scan: SyntheticScan, later_scan: SyntheticScan, results_dir: Path
 ) -> None:
-    process_scan("first", "patient-2", good_scan.path.as_uri())
+    first = Manifest.model_validate_json(
+        _path(process_scan("first", "patient-2", good_scan.path.as_uri())).read_text()
+    )
+    assert first.tracking is None and first.view_frames
+    assert first.trend is not None and len(first.trend.scans) == 1
     m = Manifest.model_validate_json(
         _path(process_scan("second", "patient-2", later_scan.path.as_uri())).read_text()
     )
     assert m.tracking is not None
     assert m.tracking.previous_scan_id == "first"
-    assert m.tracking.mean_similarity > 0.8
-    assert m.tracking.trusted_pairs >= 1
+    compared = [v for v in m.tracking.views if v.status == "compared"]
+    assert compared, m.tracking.views
+    for v in compared:
+        assert v.change_map and decode_jpeg(_path(v.change_map).read_bytes()).ndim == 3
     assert m.artifacts.tracking and _path(m.artifacts.tracking).is_file()
+    assert m.trend and [p.scan_id for p in m.trend.scans] == ["first", "second"]
+    assert _path(m.trend.plot_uri).read_bytes()[:4] == b"\x89PNG"
     # a third scan, pinned to the first one, tracks against it rather than the latest
     m3 = Manifest.model_validate_json(
         _path(

@@ -1,0 +1,154 @@
+"""The whole pipeline against the decoding floor, and its memory.
+
+    python bench/pipeline.py [--seconds 60] [--repeats 3] [--memory-short 60 --memory-long 600]
+
+1. Speed: a 60 s 1080p30 synthetic scan at ~16 Mbit/s (rendered once into bench/out/).
+   Interleaved, `repeats` times: Debian's `ffmpeg -threads 0 -i scan.mp4 -f null -` (the
+   floor: decoding every frame) and `scanflow process` on the same file through a real
+   Prefect server, each in its own process. Prints medians, the ratio (target <= 1.5,
+   stretch 1.2) and the time of each stage (from the manifest).
+2. Memory: peak RSS of `scanflow process` on the 60 s 1080p scan (target < 1.5 GB), and on a
+   short and a long 640x360 scan (the long one must peak no higher than the short one:
+   decoding streams, buffers are bounded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "bench" / "out"
+
+
+def sample(seconds: float, width: int, height: int, bitrate: int) -> Path:
+    from cv.synthetic import ScanSpec, render_scan
+
+    path = OUT / f"scan-{width}x{height}-{seconds:g}s-{bitrate // 1000}k.mp4"
+    if not path.is_file():
+        OUT.mkdir(parents=True, exist_ok=True)
+        print(f"rendering {path.name} (once) ...", flush=True)
+        render_scan(
+            path,
+            ScanSpec(
+                width=width,
+                height=height,
+                fps=30.0,
+                duration_s=seconds,
+                seed=11,
+                bitrate=bitrate,
+                blurred=frozenset(range(100, 130)),
+                dark=frozenset(range(400, 420)),
+            ),
+        )
+    return path
+
+
+def run_measured(cmd: list[str], env: dict[str, str]) -> tuple[float, int, str]:
+    """Wall seconds, peak RSS (bytes) and stdout of one child process."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - start
+    out = proc.stdout.read() if proc.stdout else ""
+    err = proc.stderr.read() if proc.stderr else ""
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{cmd[:4]} failed: {err[-2000:]}")
+    return elapsed, usage.ru_maxrss * 1024, out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--memory-short", type=float, default=60.0)
+    ap.add_argument("--memory-long", type=float, default=600.0)
+    ap.add_argument("--skip-memory", action="store_true")
+    args = ap.parse_args()
+    ffmpeg = shutil.which("ffmpeg")
+    if ffmpeg is None:
+        print("Debian's ffmpeg is needed for the floor: apt-get install ffmpeg")
+        return 2
+
+    home = Path(tempfile.mkdtemp(prefix="scanflow-bench-"))
+    env = dict(
+        os.environ,
+        SCANFLOW_HOME=str(home),
+        SCANFLOW_SERVER_PORT="4298",
+        PREFECT_API_URL="http://127.0.0.1:4298/api",
+        PREFECT_HOME=str(home / "prefect"),
+        DO_NOT_TRACK="1",
+        PREFECT_LOGGING_LEVEL="WARNING",
+    )
+    os.environ.update(env)
+    sys.path.insert(0, str(ROOT))
+    from flows.server import LocalStack
+    from flows.settings import Settings
+
+    stack = LocalStack(Settings())
+    stack.start_server()
+    scanflow = [sys.executable, "-m", "flows.cli", "process"]
+    try:
+        video = sample(args.seconds, 1920, 1080, 16_000_000)
+        floor_cmd = [ffmpeg, "-v", "error", "-threads", "0", "-i", str(video), "-f", "null", "-"]
+        run_measured(floor_cmd, env)  # warm the page cache
+        run_measured(scanflow + [str(video), "--scan-id", "warm", "--patient-id", "b"], env)
+        floors, flows, rss, manifests = [], [], [], []
+        for i in range(args.repeats):
+            floors.append(run_measured(floor_cmd, env)[0])
+            t, peak, out = run_measured(
+                scanflow + [str(video), "--scan-id", f"run-{i}", "--patient-id", "b"], env
+            )
+            flows.append(t)
+            rss.append(peak)
+            manifests.append(out.strip().splitlines()[-1])
+        floor, flow = statistics.median(floors), statistics.median(flows)
+        print(
+            f"video: {video.name}, {video.stat().st_size / 1e6:.0f} MB, "
+            f"{video.stat().st_size * 8 / args.seconds / 1e6:.1f} Mbit/s, repeats={args.repeats}"
+        )
+        print(f"ffmpeg -threads 0 decode (floor): {floor:.2f} s  {[round(x, 2) for x in floors]}")
+        print(f"scanflow process (whole flow):    {flow:.2f} s  {[round(x, 2) for x in flows]}")
+        print(f"ratio pipeline / floor: {flow / floor:.3f}   (target <= 1.5, stretch 1.2)")
+        m = json.loads(Path(manifests[-1].removeprefix("file://")).read_text())
+        print(
+            "stages (last run, s): " + ", ".join(f"{k} {v:.2f}" for k, v in m["timings_s"].items())
+        )
+        print(f"peak RSS, 1080p {args.seconds:g} s: {max(rss) / 2**20:.0f} MiB (target < 1536)")
+        if not args.skip_memory:
+            peaks = {}
+            for seconds in (args.memory_short, args.memory_long):
+                clip = sample(seconds, 640, 360, 2_000_000)
+                _, peak, _ = run_measured(
+                    scanflow
+                    + [
+                        str(clip),
+                        "--scan-id",
+                        f"mem-{seconds:g}",
+                        "--patient-id",
+                        "m",
+                        "--options",
+                        json.dumps({"limits": {"max_duration_s": 3600}}),
+                    ],
+                    env,
+                )
+                peaks[seconds] = peak
+                print(f"peak RSS, 640x360 {seconds:g} s: {peak / 2**20:.0f} MiB")
+            ratio = peaks[args.memory_long] / peaks[args.memory_short]
+            print(f"ratio peak RSS long / short: {ratio:.3f}   (target <= 1.0, flat)")
+    finally:
+        stack.down()
+        shutil.rmtree(home, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

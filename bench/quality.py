@@ -1,0 +1,98 @@
+"""How well the frame-quality detectors find known faults in synthetic scans.
+
+    python bench/quality.py [--seeds 3]
+
+Renders 20 s scans with runs of blurred, dark and glaring frames and scope jumps at known
+frames, at three resolutions and several seeds, and prints precision and recall of each
+detector against that truth (a jump counts as found on its frame and the one after).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from cv.frames import VideoLimits, probe_video, sample_frames  # noqa: E402
+from cv.quality import Fault, QualityThresholds, frame_limits, scan_faults  # noqa: E402
+from cv.synthetic import ScanSpec, render_scan  # noqa: E402
+
+
+def _runs(rng: np.random.Generator, n: int, count: int, length: int) -> frozenset[int]:
+    out: set[int] = set()
+    for start in rng.choice(np.arange(10, n - length - 10), count, replace=False):
+        out |= set(range(int(start), int(start) + length))
+    return frozenset(out)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--seeds", type=int, default=3)
+    args = ap.parse_args()
+    totals: dict[str, list[int]] = {k: [0, 0, 0] for k in ("blurred", "dark", "glare", "fast")}
+    with tempfile.TemporaryDirectory() as tmp:
+        for w, h in ((320, 240), (640, 480), (1280, 720)):
+            for seed in range(args.seeds):
+                rng = np.random.default_rng(1000 * seed + w)
+                n = 300
+                blurred = _runs(rng, n, 4, 8)
+                dark = _runs(rng, n, 3, 6) - blurred
+                glare = _runs(rng, n, 3, 6) - blurred - dark
+                fast = frozenset(int(i) for i in rng.choice(n - 20, 5, replace=False) + 10)
+                fast -= blurred | dark | glare
+                scan = render_scan(
+                    Path(tmp) / "s.mp4",
+                    ScanSpec(
+                        width=w,
+                        height=h,
+                        duration_s=20,
+                        fps=15,
+                        seed=seed,
+                        blurred=blurred,
+                        dark=dark,
+                        glare=glare,
+                        fast=fast,
+                    ),
+                )
+                info = probe_video(scan.path, VideoLimits())
+                q = sample_frames(
+                    scan.path,
+                    info,
+                    VideoLimits(),
+                    sample_fps=2,
+                    max_side=320,
+                    on_frame=lambda f: None,
+                ).qualities
+                t = QualityThresholds()
+                faults = scan_faults(q, frame_limits(q, t), t)
+                for name, kind in (
+                    ("blurred", Fault.BLURRED),
+                    ("dark", Fault.DARK),
+                    ("glare", Fault.GLARE),
+                ):
+                    pred = [bool(f & kind) for f in faults]
+                    truth = [getattr(f, name) for f in scan.frames]
+                    tot = totals[name]
+                    tot[0] += sum(p and t_ for p, t_ in zip(pred, truth, strict=True))
+                    tot[1] += sum(pred)
+                    tot[2] += sum(truth)
+                pred = [bool(f & Fault.FAST) for f in faults]
+                near = {i + d for i, f in enumerate(scan.frames) if f.fast for d in (0, 1)}
+                tot = totals["fast"]
+                tot[0] += sum(pred[i] for i in near if i < len(pred))
+                tot[1] += sum(pred)
+                tot[2] += 2 * sum(f.fast for f in scan.frames)
+    print(f"{'fault':8} {'precision':>9} {'recall':>7}  (scans: 3 sizes x {args.seeds} seeds)")
+    for name, (tp, predicted, actual) in totals.items():
+        print(f"{name:8} {tp / max(1, predicted):9.3f} {tp / max(1, actual):7.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
