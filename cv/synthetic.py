@@ -72,25 +72,31 @@ class SyntheticScan:
 
 
 def _layout(rng: np.random.Generator, view_w: int, view_h: int) -> list[Tooth]:
+    """Teeth per view. The views differ as they do in a mouth: the front is symmetric; the
+    side views are mirror images with back teeth growing larger and the arch rising towards
+    the back; the lower occlusal arch opens the other way from the upper one."""
     teeth: list[Tooth] = []
     for v, view in enumerate(VIEWS):
         x0 = v * view_w
-        occlusal = "occlusal" in view
         n = 7 if view == "front" else 6
         for i in range(n):
-            if occlusal:
-                # a U-shaped arch of tooth tops
-                a = np.pi * (0.1 + 0.8 * i / (n - 1))
+            u = i / (n - 1)
+            if "occlusal" in view:
+                a = np.pi * (0.1 + 0.8 * u)
                 cx = x0 + view_w / 2 + 0.36 * view_w * np.cos(a)
-                cy = view_h * (0.25 + 0.5 * np.sin(a))
-                s = view_h * (0.11 + 0.03 * rng.random())
+                sign = 1.0 if view == "upper_occlusal" else -1.0
+                cy = view_h * (0.5 + sign * (0.5 * np.sin(a) - 0.25))
+                s = view_h * (0.09 + 0.05 * (1 - abs(2 * u - 1)) + 0.02 * rng.random())
                 teeth.append(Tooth(view, cx, cy, s, s, True))
-            else:
-                cx = x0 + view_w * (0.12 + 0.76 * i / (n - 1))
-                for row, cy in ((0, 0.33), (1, 0.67)):
-                    w = view_w / n * (0.78 + 0.1 * rng.random())
-                    h = view_h * (0.26 + 0.04 * rng.random())
-                    teeth.append(Tooth(view, cx, view_h * cy + (row - 0.5) * 4, w, h, False))
+                continue
+            back = {"front": 0.5, "left": 1 - u, "right": u}[view]  # 1 at the back teeth
+            slope = {"front": 0.0, "left": -0.10, "right": 0.10}[view] * (u - 0.5)
+            cx = x0 + view_w * (0.12 + 0.76 * u)
+            for row, cy in ((0, 0.33), (1, 0.67)):
+                w = view_w / n * (0.62 + 0.32 * back + 0.08 * rng.random())
+                h = view_h * (0.24 + 0.04 * rng.random() + 0.03 * back)
+                y = view_h * (cy + slope) + (row - 0.5) * 4
+                teeth.append(Tooth(view, cx, y, w, h, False))
     return teeth
 
 

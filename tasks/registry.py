@@ -66,7 +66,7 @@ DEFAULT_PACKAGE = ModelRef(
     uri=(REPO_MODELS / "view-classifier" / "1.0.0" / PACKAGE_NAME).as_uri(),
     name="view-classifier",
     version="1.0.0",
-    sha256="fb690ae413eff25a2e9620706e348ae73ec8e3ee2b7930cce6d0dca326e44c97",
+    sha256="336ba94a9c090f5074ad97084096f06866e5bccdbe23a358def99a3f93372428",
 )
 
 
