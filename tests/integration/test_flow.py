@@ -107,3 +107,24 @@ def test_a_later_scan_is_tracked_against_the_earlier_one(
         ).read_text()
     )
     assert m3.tracking is not None and m3.tracking.previous_scan_id == "first"
+
+
+def test_concurrent_scans_of_one_patient_keep_a_sound_history(
+    good_scan: SyntheticScan, later_scan: SyntheticScan, results_dir: Path
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = [
+            pool.submit(process_scan, f"c-{i}", "patient-3", scan.path.as_uri())
+            for i, scan in enumerate((good_scan, later_scan))
+        ]
+        uris = [f.result() for f in futures]
+    assert all(_path(u).is_file() for u in uris)
+    m = Manifest.model_validate_json(
+        _path(process_scan("c-after", "patient-3", later_scan.path.as_uri())).read_text()
+    )
+    assert m.trend is not None
+    assert sorted(p.scan_id for p in m.trend.scans[:2]) == ["c-0", "c-1"]
+    assert m.trend.scans[-1].scan_id == "c-after"
+    assert m.tracking is not None and m.tracking.previous_scan_id in {"c-0", "c-1"}
