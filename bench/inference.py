@@ -28,6 +28,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from samples import sample_scan  # noqa: E402
+
 OUT = ROOT / "bench" / "out"
 sys.path.insert(0, str(ROOT))
 
@@ -127,28 +130,6 @@ def _issue2_baseline(frames: list, batch: int, threads: int | None, repeats: int
     return statistics.median(rates)
 
 
-def _sample(seconds: float, width: int, height: int) -> Path:
-    from cv.synthetic import ScanSpec, render_scan
-
-    path = OUT / f"scan-{width}x{height}-{seconds:g}s.mp4"
-    if not path.is_file():
-        OUT.mkdir(parents=True, exist_ok=True)
-        print(f"rendering {path.name} (once) ...", flush=True)
-        render_scan(
-            path,
-            ScanSpec(
-                width=width,
-                height=height,
-                fps=30.0,
-                duration_s=seconds,
-                seed=11,
-                bitrate=16_000_000,
-                blurred=frozenset(range(100, 130)),
-            ),
-        )
-    return path
-
-
 def _configure(cores: int) -> None:
     """Pin the CPUs and point Prefect at our own server: before torch or Prefect is imported
     (Prefect reads its settings at import; torch sizes its thread pool at first use)."""
@@ -164,6 +145,7 @@ def _configure(cores: int) -> None:
             "PREFECT_HOME": str(home / "prefect"),
             "DO_NOT_TRACK": "1",
             "PREFECT_LOGGING_LEVEL": "WARNING",
+            "SCANFLOW_INPUT_ROOTS": OUT.as_uri(),  # the flow may read the rendered scans
         }
     )
 
@@ -178,8 +160,8 @@ def pipeline_share(seconds: float, repeats: int) -> None:
         from flows.process_scan import process_scan
         from tasks.manifest import read_manifest
 
-        path = _sample(seconds, 1920, 1080)
-        warm = _sample(4.0, 640, 360)
+        path = sample_scan(seconds, 1920, 1080)
+        warm = sample_scan(4.0, 640, 360)
         process_scan("warm", "bench", warm.as_uri())  # imports, model load, first DB work
         shares, added, totals, infer = [], [], [], []
         for i in range(repeats):

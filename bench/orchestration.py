@@ -22,29 +22,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from samples import sample_scan  # noqa: E402
+
 OUT = ROOT / "bench" / "out"
-
-
-def _sample(seconds: float, width: int, height: int) -> Path:
-    from cv.synthetic import ScanSpec, render_scan
-
-    path = OUT / f"scan-{width}x{height}-{seconds:g}s.mp4"
-    if not path.is_file():
-        OUT.mkdir(parents=True, exist_ok=True)
-        print(f"rendering {path.name} (once) ...", flush=True)
-        render_scan(
-            path,
-            ScanSpec(
-                width=width,
-                height=height,
-                fps=30.0,
-                duration_s=seconds,
-                seed=11,
-                bitrate=16_000_000,
-                blurred=frozenset(range(100, 130)),
-            ),
-        )
-    return path
 
 
 def decode_floor(path: Path) -> float:
@@ -144,6 +125,7 @@ def main() -> int:
             "PREFECT_HOME": str(home / "prefect"),
             "DO_NOT_TRACK": "1",
             "PREFECT_LOGGING_LEVEL": "WARNING",
+            "SCANFLOW_INPUT_ROOTS": OUT.as_uri(),  # the flow may read the rendered scans
         }
     )
     sys.path.insert(0, str(ROOT))
@@ -153,7 +135,7 @@ def main() -> int:
     stack = LocalStack(Settings())
     stack.start_server()
     try:
-        path = _sample(args.seconds, args.width, args.height)
+        path = sample_scan(args.seconds, args.width, args.height)
         # warm-up: model load, imports, first-run database work
         plain_pipeline(path, home / "plain-warm")
         flow_pipeline(path, "warm")

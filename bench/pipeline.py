@@ -26,30 +26,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from samples import sample_scan  # noqa: E402
+
 OUT = ROOT / "bench" / "out"
-
-
-def sample(seconds: float, width: int, height: int, bitrate: int) -> Path:
-    from cv.synthetic import ScanSpec, render_scan
-
-    path = OUT / f"scan-{width}x{height}-{seconds:g}s-{bitrate // 1000}k.mp4"
-    if not path.is_file():
-        OUT.mkdir(parents=True, exist_ok=True)
-        print(f"rendering {path.name} (once) ...", flush=True)
-        render_scan(
-            path,
-            ScanSpec(
-                width=width,
-                height=height,
-                fps=30.0,
-                duration_s=seconds,
-                seed=11,
-                bitrate=bitrate,
-                blurred=frozenset(range(100, 130)),
-                dark=frozenset(range(400, 420)),
-            ),
-        )
-    return path
 
 
 def run_measured(cmd: list[str], env: dict[str, str]) -> tuple[float, int, str]:
@@ -97,7 +77,7 @@ def main() -> int:
     stack.start_server()
     scanflow = [sys.executable, "-m", "flows.cli", "process"]
     try:
-        video = sample(args.seconds, 1920, 1080, 16_000_000)
+        video = sample_scan(args.seconds, 1920, 1080, 16_000_000)
         floor_cmd = [ffmpeg, "-v", "error", "-threads", "0", "-i", str(video), "-f", "null", "-"]
         run_measured(floor_cmd, env)  # warm the page cache
         run_measured(scanflow + [str(video), "--scan-id", "warm", "--patient-id", "b"], env)
@@ -126,7 +106,7 @@ def main() -> int:
         if not args.skip_memory:
             peaks = {}
             for seconds in (args.memory_short, args.memory_long):
-                clip = sample(seconds, 640, 360, 2_000_000)
+                clip = sample_scan(seconds, 640, 360, 2_000_000)
                 _, peak, _ = run_measured(
                     scanflow
                     + [

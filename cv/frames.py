@@ -65,9 +65,19 @@ class SampledFrame:
     rgb: RGBFrame
 
 
-def _open(path: Path) -> av.container.InputContainer:
+def _decoder_options(limits: VideoLimits) -> dict[str, str]:
+    # FFmpeg's decoders refuse a frame above ``max_pixels`` instead of allocating it: a few
+    # hundred bytes of PNG or H.264 can declare 16000x16000 (gigabytes). They count the
+    # width padded for alignment, hence the slack; the exact limit is checked by us.
+    return {"max_pixels": str(2 * limits.max_pixels)}
+
+
+def _open(path: Path, limits: VideoLimits) -> av.container.InputContainer:
+    # Opening decodes a first frame to learn the stream's parameters: bounded as above.
     try:
-        return av.open(str(path), mode="r", metadata_errors="ignore")
+        return av.open(
+            str(path), mode="r", metadata_errors="ignore", options=_decoder_options(limits)
+        )
     except av.error.FFmpegError as exc:
         raise RejectedScan(
             Reason.UNREADABLE_VIDEO,
@@ -97,7 +107,7 @@ def probe_video(path: Path, limits: VideoLimits) -> VideoInfo:
             Reason.TOO_LARGE,
             f"{path.name} is {size / 1e6:.0f} MB; the limit is {limits.max_bytes / 1e6:.0f} MB.",
         )
-    with _open(path) as container:
+    with _open(path, limits) as container:
         if not container.streams.video:
             kinds = ", ".join(sorted({s.type for s in container.streams})) or "none"
             raise RejectedScan(
@@ -105,6 +115,11 @@ def probe_video(path: Path, limits: VideoLimits) -> VideoInfo:
             )
         stream = container.streams.video[0]
         ctx = stream.codec_context
+        if _is_still_image(container.format.name):
+            raise RejectedScan(
+                Reason.UNREADABLE_VIDEO,
+                f"{path.name} is a still image ({ctx.name}), not a video.",
+            )
         width, height = int(ctx.width or 0), int(ctx.height or 0)
         if width <= 0 or height <= 0:
             raise RejectedScan(
@@ -135,6 +150,12 @@ def probe_video(path: Path, limits: VideoLimits) -> VideoInfo:
             f"{path.name} runs at {fps:.0f} fps; the limit is {limits.max_fps:.0f} fps.",
         )
     return VideoInfo(size, codec, width, height, duration, fps)
+
+
+def _is_still_image(demuxer: str) -> bool:
+    # FFmpeg reads a photo as a one-frame video; its image demuxers are "<format>_pipe"
+    # (jpeg_pipe, png_pipe, webp_pipe, ...) or image2.
+    return demuxer.endswith("_pipe") or demuxer == "image2"
 
 
 def _duration_s(container: av.container.InputContainer, stream: av.VideoStream) -> float | None:
@@ -207,16 +228,28 @@ def sample_frames(
         survived (timestamps going backwards, frames the decoder flagged corrupt).
     Raises:
         RejectedScan: unreadable_video when decoding fails or stops well short of the
-            declared duration (a truncated upload); too_long or too_large when the
-            stream exceeds the limits the header claimed to meet.
+            declared duration (a truncated upload); too_long or
+            resolution_out_of_range when the stream exceeds the limits the header
+            claimed to meet (decoders refuse frames far over the pixel limit unallocated).
     """
     sampler = _Sampler(path, info, limits, sample_fps, max_side, on_frame)
+    ctx: av.VideoCodecContext | None = None
     try:
-        with _open(path) as container:
-            for frame in container.decode(container.streams.video[0]):
+        with _open(path, limits) as container:
+            stream = container.streams.video[0]
+            ctx = stream.codec_context
+            # the same bound while decoding: a later parameter set can change the frame size
+            ctx.options = {**ctx.options, **_decoder_options(limits)}
+            for frame in container.decode(stream):
                 sampler.push(frame)
             sampler.finish()
     except av.error.FFmpegError as exc:
+        if ctx is not None and ctx.width * ctx.height > limits.max_pixels:
+            raise RejectedScan(
+                Reason.RESOLUTION_OUT_OF_RANGE,
+                f"{path.name} switches to {ctx.width}x{ctx.height} after {sampler.decoded} "
+                f"frames; the limit is {limits.max_pixels} pixels.",
+            ) from exc
         raise RejectedScan(
             Reason.UNREADABLE_VIDEO,
             f"{path.name} could not be decoded after {sampler.decoded} frames "

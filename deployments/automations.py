@@ -6,8 +6,11 @@
     prefect.flow-run.Cancelled                 ─┘
     Running, no final state within stall_after_s     proactive ─▶ notify-outcome (stalled-running)
     Pending, no next state within pending_after_s    proactive ─▶ notify-outcome (stalled-pending)
-    heartbeat, no event within heartbeat_grace_s     proactive ─▶ mark the run Crashed
+    Running or heartbeat, no event within            proactive ─▶ mark the run Crashed
+      heartbeat_grace_s (deployment runs)
                                                         (whose Crashed event fires the above)
+    Crashed on attempt 1..crash_retries              reactive  ─▶ reschedule the same run
+                                                        (only when crash_retries > 0)
 
 All match runs of the ``process-scan`` flow only. ``scanflow automations apply`` makes the
 server match this list: it creates missing ones, updates changed ones (matched by name) and
@@ -93,8 +96,20 @@ def desired_automations(settings: Settings, notify_deployment_id: UUID) -> list[
         )
 
     def proactive(
-        name: str, after: list[str], expect: list[str], within_s: float, description: str
+        name: str,
+        after: list[str],
+        expect: list[str],
+        within_s: float,
+        description: str,
+        *,
+        deployments_only: bool = False,
     ) -> tuple[str, EventTrigger, str]:
+        match = _match()
+        if deployments_only:  # runs a worker started, not a flow called in a process
+            match["match_related"] = [
+                match["match_related"],
+                {"prefect.resource.role": "deployment"},
+            ]
         trigger = EventTrigger(
             after=set(after),
             expect=set(expect),
@@ -102,7 +117,7 @@ def desired_automations(settings: Settings, notify_deployment_id: UUID) -> list[
             posture=Posture.Proactive,
             threshold=1,
             within=timedelta(seconds=within_s),
-            **_match(),
+            **match,
         )
         return PREFIX + name, trigger, description
 
@@ -152,14 +167,20 @@ def desired_automations(settings: Settings, notify_deployment_id: UUID) -> list[
             _notify(notify_deployment_id, "stalled-pending"),
         ),
         (
+            # Running opens the watch too: a process killed before its first heartbeat
+            # left (it goes within a second of Running, but not under load) would
+            # otherwise stay Running for good. Deployments only: our deployments send
+            # heartbeats (prefect.yaml); a flow called in a process (scanflow process)
+            # sends none and must not be taken for dead after heartbeat_grace_s.
             *proactive(
                 "missed heartbeats mark crashed",
-                [_FLOW_RUN + "heartbeat"],
+                [_FLOW_RUN + "heartbeat", _FLOW_RUN + "Running", _FLOW_RUN + "Retrying"],
                 [_FLOW_RUN + "*"],
                 settings.heartbeat_grace_s,
                 "A running scan that sent no heartbeat nor changed state for "
                 f"{settings.heartbeat_grace_s:.0f} s lost its process: mark it Crashed "
                 "(the 'scan crashed' automation then reports it).",
+                deployments_only=True,
             ),
             ChangeFlowRunState(
                 state=StateType.CRASHED,
@@ -178,7 +199,47 @@ def desired_automations(settings: Settings, notify_deployment_id: UUID) -> list[
                 actions=[action],
             )
         )
+    if settings.crash_retries:
+        automations.append(_retry_crashed(settings.crash_retries))
     return automations
+
+
+def _retry_crashed(retries: int) -> AutomationCore:
+    """Reschedule a crashed run (the same flow run: its id, parameters and idempotency key
+    stay) when the crash ended one of its first ``retries`` attempts.
+
+    The bound is the event's run count (1 on the first attempt, one more at each Running),
+    so a scan that kills its process every time (a decoder running out of memory) is
+    tried ``retries + 1`` times and then stays Crashed. A run that crashed before it ever
+    ran (run count 0: the infrastructure could not start it) is not retried: it would fail
+    the same way, forever. The crash itself is still reported (scan.crashed); the retry's
+    outcome follows as its own event.
+    """
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState
+    from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
+
+    match = _match()
+    match["match"] = {
+        **match["match"],
+        "prefect.run-count": [str(n) for n in range(1, retries + 1)],
+    }
+    return AutomationCore(
+        name=PREFIX + "crashed scan retried",
+        description=f"A crashed scan is run again, {retries} time(s) at most: the same flow "
+        "run is rescheduled for any worker.",
+        tags=[OWNER_TAG],
+        trigger=EventTrigger(
+            expect={_FLOW_RUN + "Crashed"}, posture=Posture.Reactive, threshold=1, **match
+        ),
+        actions=[
+            ChangeFlowRunState(
+                state=StateType.SCHEDULED,
+                name="AwaitingRetry",
+                message="rescheduled by scanflow after a crash (crash_retries)",
+            )
+        ],
+    )
 
 
 # -- apply -------------------------------------------------------------------------------

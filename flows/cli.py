@@ -30,7 +30,10 @@ FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 def _point_prefect_at(stack: LocalStack) -> bool:
     """Set PREFECT_* for this process; True when the API is our local server."""
     ours = "PREFECT_API_URL" not in os.environ
+    local = os.environ.get("PREFECT_API_URL", stack.settings.api_url).rstrip("/")
     for key, value in stack.client_env().items():
+        if key == "PREFECT_API_AUTH_STRING" and local != stack.settings.api_url:
+            continue  # the local server's credential goes to the local server only
         if key.startswith(("PREFECT_", "SCANFLOW_")) or key == "DO_NOT_TRACK":
             os.environ.setdefault(key, value)
     return ours
@@ -45,6 +48,20 @@ def _to_uri(video: str) -> str:
     from tasks.storage import to_uri
 
     return to_uri(video)
+
+
+def _allow_input(settings: Settings, uri: str) -> None:
+    """``scanflow process`` reads what its user names: the input's folder joins the allowed
+    input roots of this process (never a worker's)."""
+    from tasks.access import parse_root
+
+    folder = uri.rsplit("/", 1)[0]
+    try:
+        parse_root(folder)
+    except ValueError:
+        return  # not a root we could allow (the run will say why it is refused)
+    roots = [*settings.allowed_input_roots, folder]
+    os.environ["SCANFLOW_INPUT_ROOTS"] = json.dumps(roots)
 
 
 def ui_run_url(settings: Settings, flow_run_id: str) -> str:
@@ -110,6 +127,7 @@ def cmd_process(args: argparse.Namespace, settings: Settings, stack: LocalStack)
     from tasks.options import ScanOptions
 
     uri = _to_uri(args.video)
+    _allow_input(settings, uri)
     options = ScanOptions.model_validate_json(args.options) if args.options else None
     with tags("scanflow", "cli"):
         state = process_scan(

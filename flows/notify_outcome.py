@@ -29,8 +29,16 @@ from flows.notify import (
 from flows.settings import Settings
 
 Trigger = Literal["final", "stalled-running", "stalled-pending"]
-# Each task attempt tries a few times quickly; the task retries back off for ~40 minutes.
+# Each task attempt tries a few times quickly (ATTEMPT); then the task retries, soon at
+# first and then once a minute for about two hours, so that delivery resumes within about
+# a minute (90 s at worst, with jitter) of the platform coming back, however long it was
+# down. An exponential schedule would wait longer and longer: after a 20-minute outage the
+# next try could be 20 minutes away. The retries wait in this run's process, which holds
+# one slot of the notify pool; outcomes beyond the pool's limit wait Scheduled, persisted,
+# and deliver as slots free up.
 ATTEMPT = RetryPolicy(attempts=4, base_s=1.0, cap_s=8.0, deadline_s=20.0)
+PLATFORM_RETRY_DELAYS_S: list[float] = [5, 10, 20, 40, 60]  # Prefect repeats the last one
+PLATFORM_RETRIES = 120
 SLACK_CLAIM_WAIT_S = 120.0
 _FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
@@ -96,8 +104,8 @@ def read_outcome(
 
 @task(
     name="deliver-to-platform",
-    retries=8,
-    retry_delay_seconds=exponential_backoff(backoff_factor=10),
+    retries=PLATFORM_RETRIES,
+    retry_delay_seconds=PLATFORM_RETRY_DELAYS_S,
     retry_jitter_factor=0.5,
     retry_condition_fn=_retry_unless_permanent,
     cache_policy=NO_CACHE,

@@ -71,7 +71,14 @@ def process_scan(
         with _timed(timings, "load_model"):
             model = load_model(options.model, options.device, str(settings.models_dir))
         with _timed(timings, "download_scan"):
-            video = download_scan(video_uri, str(work), options.limits.max_bytes)
+            video = download_scan(
+                video_uri,
+                str(work),
+                options.limits.max_bytes,
+                scan_id=scan_id,
+                patient_id=patient_id,
+                input_roots=settings.allowed_input_roots,
+            )
         with _timed(timings, "extract_frames"):
             frames = extract_frames(video.local_path, scan_uri, str(work), options)
         with _timed(timings, "run_inference"):

@@ -123,6 +123,9 @@ class LocalStack:
         env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
         env.setdefault("DO_NOT_TRACK", "1")
         env["SCANFLOW_HOME"] = str(self.home)
+        if self.settings.server_auth is not None:
+            # Prefect's client sends it as basic auth (in a header, never on a command line)
+            env["PREFECT_API_AUTH_STRING"] = self.settings.server_auth.get_secret_value()
         return env
 
     def server_env(self) -> dict[str, str]:
@@ -130,6 +133,17 @@ class LocalStack:
         env.pop("PREFECT_API_URL", None)
         env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = self.settings.database_url
         env["PREFECT_UI_API_URL"] = self.settings.api_url
+        if self.settings.server_auth is not None:
+            # every API route but GET /health and /ready then requires it
+            env["PREFECT_SERVER_API_AUTH_STRING"] = self.settings.server_auth.get_secret_value()
+        if self.settings.database == "sqlite":
+            # SQLite has one writer at a time, and a transaction that read before it writes
+            # fails at once ("database is locked", a 503) when another committed meanwhile.
+            # The late-runs service writes a "Late" state for every run that waits in the
+            # queue, which in a burst is every run, just when the submissions and the worker
+            # need the writer: off, a 200-scan burst is accepted in half the time with half
+            # the 503s and none of the lock errors in the server log (README, "Bursts").
+            env.setdefault("PREFECT_SERVER_SERVICES_LATE_RUNS_ENABLED", "false")
         return env
 
     # -- server ------------------------------------------------------------------------
@@ -204,6 +218,11 @@ class LocalStack:
         env = self.client_env()
         env["PREFECT_WORKER_QUERY_SECONDS"] = str(self.settings.worker_query_seconds)
         env["PREFECT_WORKER_PREFETCH_SECONDS"] = "5"
+        # The worker and the flow runs it starts (they inherit this) retry a 503 or a
+        # dropped connection 8 times, backing off 2, 4, ... 256 s (about 8 minutes in all)
+        # instead of Prefect's 5 (1 minute): a burst on SQLite answers 503s for longer than
+        # that, and a run whose worker gives up is reported Crashed.
+        env.setdefault("PREFECT_CLIENT_MAX_RETRIES", "8")
         started = False
         for service, pool, name in (
             (self.worker, self.settings.work_pool, "scanflow-local"),
@@ -244,6 +263,7 @@ class LocalStack:
             "worker_pid": self.worker.pid(),
             "notify_worker_pid": self.notify_worker.pid(),
             "database": self.settings.database,
+            "basic_auth": self.settings.server_auth is not None,
             "home": str(self.home),
         }
 

@@ -4,19 +4,27 @@ at the edge (the command line, the start of a flow run) and passed down as value
 from __future__ import annotations
 
 import functools
+import json
+import re
 import subprocess
 from importlib import metadata
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from tasks.access import parse_root
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SCANFLOW_", extra="ignore")
+    # hide_input_in_errors: a bad value of a secret (server_auth, signing secret) must not
+    # be echoed into an error message or a log
+    model_config = SettingsConfigDict(
+        env_prefix="SCANFLOW_", extra="ignore", hide_input_in_errors=True
+    )
 
     home: Path = Field(
         REPO_ROOT / ".scanflow",
@@ -28,6 +36,12 @@ class Settings(BaseSettings):
     work_dir: Path | None = Field(None, description="Scratch space for runs; default <home>/work.")
     model_cache_dir: Path | None = Field(
         None, description="Downloaded models; default <home>/models."
+    )
+    input_roots: Annotated[list[str] | None, NoDecode] = Field(
+        None,
+        description="Where scan videos may be read from: s3://bucket/prefix and file:///dir "
+        "roots, a JSON list or separated by commas; default: <home>/samples and "
+        "<home>/uploads, nothing else (tasks/access.py).",
     )
     model_registry_uri: str | None = Field(
         None,
@@ -46,6 +60,12 @@ class Settings(BaseSettings):
     postgres_url: str = Field(
         "postgresql+asyncpg://postgres@127.0.0.1:5432/scanflow",
         description="Used when database=postgres.",
+    )
+    server_auth: SecretStr | None = Field(
+        None,
+        description="'user:password': the local server requires basic auth "
+        "(PREFECT_SERVER_API_AUTH_STRING) and the stack's clients send it "
+        "(PREFECT_API_AUTH_STRING); unset: no auth.",
     )
     work_pool: str = Field("process", description="Local work pool name.")
     pool_concurrency: int = Field(2, ge=1, description="Runs the local pool runs at once.")
@@ -95,6 +115,55 @@ class Settings(BaseSettings):
         description="No heartbeat nor state change for this long marks a run Crashed "
         "(heartbeats every 30 s, prefect.yaml).",
     )
+    crash_retries: int = Field(
+        0,
+        ge=0,
+        le=3,
+        description="A scan whose process, worker or machine died (Crashed) on one of its "
+        "first N attempts is rescheduled, same flow run; 0: crashes are only reported.",
+    )
+
+    @field_validator("server_auth")
+    @classmethod
+    def _user_colon_password(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            user, _, password = value.get_secret_value().partition(":")
+            if not user or not password:
+                # the value is a secret: the message must not echo it
+                raise ValueError("expected 'user:password', both non-empty")
+        return value
+
+    @field_validator("input_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if not text:
+            return None
+        return json.loads(text) if text.startswith("[") else re.split(r"[,\s]+", text)
+
+    @field_validator("input_roots")
+    @classmethod
+    def _check_roots(cls, value: list[str] | None) -> list[str] | None:
+        for root in value or []:
+            parse_root(root)  # a typo fails at start-up, not as a refused scan
+        return value
+
+    @property
+    def allowed_input_roots(self) -> list[str]:
+        """The input roots, with file:// roots also as their real paths (links resolved)."""
+        home = self.home.resolve()
+        roots = self.input_roots or [(home / "samples").as_uri(), (home / "uploads").as_uri()]
+        out: list[str] = []
+        for root in roots:
+            out.append(root)
+            parsed = parse_root(root)
+            if parsed.scheme == "file":
+                real = Path("/", *parsed.parts).resolve().as_uri()
+                if real != str(parsed):
+                    out.append(real)
+        return out
 
     @property
     def results_root(self) -> str:

@@ -11,16 +11,24 @@ ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 
 class Limits(BaseModel):
-    """Bounds a scan must meet before it is decoded."""
+    """Bounds a scan must meet before it is decoded.
+
+    A run may tighten or loosen them, but never past the ceilings below: they are what keeps
+    a hostile file (a decompression bomb) from taking the worker's memory or time.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
-    max_bytes: int = Field(1_000_000_000, gt=0, description="Largest upload, in bytes.")
-    max_duration_s: float = Field(600.0, gt=0, description="Longest scan, in seconds.")
+    max_bytes: int = Field(
+        1_000_000_000, gt=0, le=4_000_000_000, description="Largest upload, in bytes."
+    )
+    max_duration_s: float = Field(600.0, gt=0, le=3600, description="Longest scan, in seconds.")
     min_duration_s: float = Field(3.0, ge=0, description="Shortest scan, in seconds.")
-    max_pixels: int = Field(3840 * 2160, gt=0, description="Most pixels per frame (4K).")
+    max_pixels: int = Field(
+        3840 * 2160, gt=0, le=7680 * 4320, description="Most pixels per frame (4K)."
+    )
     min_pixels: int = Field(160 * 120, gt=0, description="Fewest pixels per frame.")
-    max_fps: float = Field(240.0, gt=0, description="Highest frame rate.")
+    max_fps: float = Field(240.0, gt=0, le=480, description="Highest frame rate.")
 
     def video_limits(self) -> VideoLimits:
         return VideoLimits(

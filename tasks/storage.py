@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import unquote, urlparse
 
-from cv.errors import ProcessingError, Reason, scan_error
+from cv.errors import ProcessingError, Reason, ScanError, scan_error
 
 
 class Store(Protocol):
@@ -137,6 +137,16 @@ class _storage_errors:
         raise ProcessingError(Reason.STORAGE_ERROR, f"{self.uri}: {exc.strerror or exc}.") from exc
 
 
+# What boto3 retries (checked against moto behind a fault-injecting proxy, tests/faults):
+# 500/502/503/504, throttling codes (SlowDown among them), RequestTimeout and connection
+# errors, each call up to 9 attempts with full-jitter backoff (rand * min(2**n, 20) s:
+# about a minute in all, 90 s at most), within the client's retry quota (500 tokens, 5 a
+# retry, refunded by successes). "adaptive" adds client-side rate limiting after SlowDown.
+# A call that still fails surfaces as storage_error; download_scan's task retries then try
+# twice more, the other stages fail the run (no manifest is written).
+S3_RETRIES = {"max_attempts": 8, "mode": "adaptive"}  # max_attempts counts retries
+
+
 @functools.cache
 def _s3_client() -> Any:
     # Created on first use, never at import. The endpoint comes from boto3's own settings
@@ -145,7 +155,7 @@ def _s3_client() -> Any:
     from botocore.config import Config
 
     config = Config(
-        retries={"max_attempts": 8, "mode": "adaptive"},
+        retries=dict(S3_RETRIES),
         connect_timeout=5,
         read_timeout=60,
         tcp_keepalive=True,
@@ -164,24 +174,13 @@ class S3Store:
         return parsed.netloc, unquote(parsed.path.lstrip("/"))
 
     def _call(self, uri: str, fn: str, **kwargs: Any) -> Any:
+        from boto3.exceptions import Boto3Error
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             return getattr(_s3_client(), fn)(**kwargs)
-        except ClientError as exc:
-            code = str(exc.response.get("Error", {}).get("Code", ""))
-            if code in {"NoSuchKey", "404", "NotFound", "NoSuchBucket"}:
-                raise scan_error(Reason.NOT_FOUND, f"{uri} does not exist.") from exc
-            if code in {"AccessDenied", "403", "Forbidden"}:
-                raise scan_error(Reason.ACCESS_DENIED, f"access to {uri} was denied.") from exc
-            raise ProcessingError(
-                Reason.STORAGE_ERROR, f"S3 refused {fn} on {uri} ({code})."
-            ) from exc
-        except BotoCoreError as exc:
-            raise ProcessingError(
-                Reason.STORAGE_ERROR,
-                f"S3 {fn} on {uri} failed after retries ({type(exc).__name__}).",
-            ) from exc
+        except (ClientError, BotoCoreError, Boto3Error) as exc:
+            raise _s3_error(uri, fn, exc) from exc
 
     def put_bytes(self, uri: str, data: bytes, content_type: str | None = None) -> str:
         bucket, key = self.split(uri)
@@ -234,6 +233,48 @@ class S3Store:
     def size(self, uri: str) -> int:
         bucket, key = self.split(uri)
         return int(self._call(uri, "head_object", Bucket=bucket, Key=key)["ContentLength"])
+
+
+_NOT_FOUND = frozenset({"NoSuchKey", "404", "NotFound", "NoSuchBucket"})
+_DENIED = frozenset({"AccessDenied", "403", "Forbidden"})
+_WRITES = frozenset({"put_object", "upload_file"})
+
+
+def _s3_error(uri: str, fn: str, exc: Exception) -> ScanError:
+    """The scan reason for a boto3 error that outlived the client's retries.
+
+    upload_file wraps S3's answer in S3UploadFailedError and download_file a broken stream
+    in RetriesExceededError: the answer is found in the exception's chain. A missing or
+    forbidden object is the upload's problem when reading; when writing results it is ours.
+    """
+    from botocore.exceptions import ClientError
+
+    chain: list[BaseException] = []
+    seen: BaseException | None = exc
+    while seen is not None and len(chain) < 8:
+        chain.append(seen)
+        seen = getattr(seen, "last_exception", None) or seen.__cause__ or seen.__context__
+    answer = next((e for e in chain if isinstance(e, ClientError)), None)
+    if answer is None:
+        root = chain[-1]
+        return ProcessingError(
+            Reason.STORAGE_ERROR,
+            f"S3 {fn} on {uri} failed after retries ({type(root).__name__}).",
+        )
+    code = str(answer.response.get("Error", {}).get("Code", "")) or "error"
+    meta = answer.response.get("ResponseMetadata", {})
+    if fn not in _WRITES:
+        if code in _NOT_FOUND:
+            return scan_error(Reason.NOT_FOUND, f"{uri} does not exist.")
+        if code in _DENIED:
+            return scan_error(Reason.ACCESS_DENIED, f"access to {uri} was denied.")
+    attempts = int(meta.get("RetryAttempts", 0)) + 1
+    status = meta.get("HTTPStatusCode", "?")
+    return ProcessingError(
+        Reason.STORAGE_ERROR,
+        f"S3 answered {code} (HTTP {status}) to {fn} on {uri}"
+        f"{f' after {attempts} attempts' if attempts > 1 else ''}.",
+    )
 
 
 _STORES: dict[str, Store] = {"file": FileStore(), "s3": S3Store()}

@@ -54,6 +54,9 @@ def _configure_environment() -> None:
             "AWS_ACCESS_KEY_ID": "testing",
             "AWS_SECRET_ACCESS_KEY": "testing",
             "AWS_DEFAULT_REGION": "us-east-1",
+            # scans are rendered under the temporary folder (tests/hostile checks the
+            # default roots and the refusals)
+            "SCANFLOW_INPUT_ROOTS": Path(tempfile.gettempdir()).resolve().as_uri(),
         }
     )
     os.environ.pop("SCANFLOW_RESULTS_URI", None)

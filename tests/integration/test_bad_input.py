@@ -25,7 +25,7 @@ def _bad_inputs(tmp: Path, good: SyntheticScan) -> dict[str, tuple[Path, str, st
     return {
         "empty": (empty, "unreadable_video", "empty"),
         "text": (text, "unreadable_video", "not a readable video"),
-        "truncated": (cut, "unreadable_video", "cut.mp4"),
+        "truncated": (cut, "unreadable_video", "bad-truncated.mp4"),  # named after the scan
         "missing": (tmp / "never-uploaded.mp4", "not_found", "never-uploaded.mp4"),
         "blurry": (blurry, "too_few_usable_frames", "closer"),
     }

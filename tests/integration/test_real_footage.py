@@ -39,7 +39,10 @@ def _local(name: str, tmp: Path) -> Path:
 
 
 @pytest.mark.parametrize("name", sorted(FOOTAGE))
-def test_real_footage_is_processed(name: str, tmp_path: Path, results_dir: Path) -> None:
+def test_real_footage_is_processed(
+    name: str, tmp_path: Path, results_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SCANFLOW_INPUT_ROOTS", f"{DOC.as_uri()},{tmp_path.as_uri()}")
     video = _local(name, tmp_path)
     state = process_scan(name, "opencv-doc", video.as_uri(), return_state=True)
     assert state.is_completed(), state.message

@@ -21,6 +21,7 @@ def buckets(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch):  # type: ignore[
     s3.create_bucket(Bucket=uploads)
     s3.create_bucket(Bucket=results)
     monkeypatch.setenv("SCANFLOW_RESULTS_URI", f"s3://{results}/scanflow")
+    monkeypatch.setenv("SCANFLOW_INPUT_ROOTS", f"s3://{uploads}/patients/")
     return s3, uploads, results
 
 

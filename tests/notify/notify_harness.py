@@ -178,6 +178,7 @@ class NotifyStack:
                 "SCANFLOW_SERVER_PORT": str(self.port),
                 "SCANFLOW_WORKER_QUERY_SECONDS": "1",
                 "SCANFLOW_RESULTS_URI": (self.home / "results").as_uri(),
+                "SCANFLOW_INPUT_ROOTS": Path(tempfile.gettempdir()).resolve().as_uri(),
                 "SCANFLOW_PLATFORM_WEBHOOK_URL": platform.url + "/scanflow/events",
                 "SCANFLOW_SLACK_WEBHOOK_URL": f"{slack.url}/services/T0/B0/{SLACK_TOKEN}",
                 "SCANFLOW_SLACK_EVENTS": json.dumps(ALL_EVENTS),
