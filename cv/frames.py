@@ -110,6 +110,14 @@ def probe_video(path: Path, limits: VideoLimits) -> VideoInfo:
     with _open(path, limits) as container:
         if not container.streams.video:
             kinds = ", ".join(sorted({s.type for s in container.streams})) or "none"
+            if not _is_video_container(container.format.name):
+                # FFmpeg guesses raw formats from content: about one random file in six
+                # "is" AMR audio. A file that is not even a container is unreadable.
+                raise RejectedScan(
+                    Reason.UNREADABLE_VIDEO,
+                    f"{path.name} is not a readable video (at best it reads as "
+                    f"{container.format.name}: {kinds}).",
+                )
             raise RejectedScan(
                 Reason.NO_VIDEO_STREAM, f"{path.name} has no video stream (streams found: {kinds})."
             )
@@ -150,6 +158,18 @@ def probe_video(path: Path, limits: VideoLimits) -> VideoInfo:
             f"{path.name} runs at {fps:.0f} fps; the limit is {limits.max_fps:.0f} fps.",
         )
     return VideoInfo(size, codec, width, height, duration, fps)
+
+
+# Demuxers of container formats that can carry video: a file in one of these without a
+# video stream is a real file with no video in it (no_video_stream), anything else that
+# FFmpeg opens without a video stream is a guess from the bytes (unreadable_video).
+VIDEO_CONTAINERS = frozenset(
+    {"mov", "mp4", "matroska", "webm", "avi", "mpegts", "flv", "ogg", "asf"}
+)
+
+
+def _is_video_container(demuxer: str) -> bool:
+    return not VIDEO_CONTAINERS.isdisjoint(demuxer.split(","))
 
 
 def _is_still_image(demuxer: str) -> bool:

@@ -99,6 +99,19 @@ def test_text_named_mp4_is_unreadable(tmp_path: Path) -> None:
     assert "not a readable video" in err.value.message
 
 
+def test_bytes_ffmpeg_guesses_as_raw_audio_are_unreadable(tmp_path: Path) -> None:
+    # Random bytes that FFmpeg's probe takes for raw AMR audio (one random file in six):
+    # not a container at all, so not "a video without a video stream".
+    p = tmp_path / "junk.mp4"
+    p.write_bytes(bytes.fromhex("278d1432804f4c928f1f87a4da897539") * 3000)
+    with av.open(str(p)) as guessed:
+        assert guessed.format.name == "amrnb"  # the case this test is about
+    with pytest.raises(RejectedScan) as err:
+        probe_video(p, VideoLimits())
+    assert err.value.reason is Reason.UNREADABLE_VIDEO
+    assert "not a readable video" in err.value.message
+
+
 def test_truncated_upload_is_unreadable(good_scan: SyntheticScan, tmp_path: Path) -> None:
     data = good_scan.path.read_bytes()
     p = tmp_path / "cut.mp4"
