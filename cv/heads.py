@@ -7,8 +7,12 @@ same data gives the same weights, and no global torch state is touched.
 
 from __future__ import annotations
 
+import queue
+import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from types import TracebackType
 
 import numpy as np
 import numpy.typing as npt
@@ -221,6 +225,88 @@ def classify_frames(
             views[start:end] = v.cpu().numpy()
             conf[start:end] = c.cpu().numpy()
     return FramePredictions(emb, views, conf)
+
+
+class StreamingClassifier:
+    """Classifies frames while they are still being decoded: a background thread takes
+    them in order from a bounded queue and runs them through the model batch by batch.
+
+    Decoding is the floor of the pipeline; this puts inference under it. The queue holds
+    at most two batches, so memory stays flat however long the scan, and a decoder that
+    outruns the model waits for it. Use as a context manager: leaving it early (decoding
+    failed) stops the thread.
+    """
+
+    def __init__(self, model: Classifier, batch_size: int = 16, threads: int | None = None):
+        self.model, self.batch_size, self.threads = model, batch_size, threads
+        self.busy_s = 0.0  # seconds spent in the model
+        self._queue: queue.Queue[npt.NDArray[np.uint8] | None] = queue.Queue(2 * batch_size)
+        self._parts: list[FramePredictions] = []
+        self._error: BaseException | None = None
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="classify", daemon=True)
+        self._thread.start()
+
+    def push(self, rgb: npt.NDArray[np.uint8]) -> None:
+        """Queue one RGB frame (blocks while two batches wait)."""
+        if self._error is not None:
+            raise self._error
+        self._queue.put(rgb)
+
+    def finish(self) -> FramePredictions:
+        """Classify what is queued and return the predictions of every pushed frame."""
+        self._close()
+        if self._error is not None:
+            raise self._error
+        if not self._parts:
+            return FramePredictions(
+                np.empty((0, EMBEDDING_DIM), np.float32),
+                np.empty(0, np.int64),
+                np.empty(0, np.float32),
+            )
+        return FramePredictions(
+            np.concatenate([p.embeddings for p in self._parts]),
+            np.concatenate([p.views for p in self._parts]),
+            np.concatenate([p.confidence for p in self._parts]),
+        )
+
+    def __enter__(self) -> StreamingClassifier:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._queue.put(None)
+            self._thread.join()
+
+    def _run(self) -> None:
+        batch: list[npt.NDArray[np.uint8]] = []
+        try:
+            while True:
+                rgb = self._queue.get()
+                if rgb is not None:
+                    batch.append(rgb)
+                if batch and (rgb is None or len(batch) == self.batch_size):
+                    start = time.perf_counter()
+                    self._parts.append(
+                        classify_frames(self.model, batch, self.batch_size, self.threads)
+                    )
+                    self.busy_s += time.perf_counter() - start
+                    batch = []
+                if rgb is None:
+                    return
+        except BaseException as exc:  # noqa: BLE001 - handed to the producer
+            self._error = exc
+            while self._queue.get() is not None:  # never leave the producer blocked
+                pass
 
 
 @dataclass(frozen=True)

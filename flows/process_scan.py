@@ -2,7 +2,9 @@
 
 load_model → download_scan → extract_frames → run_inference → render_summary
 → compute_tracking → publish_manifest. The model is checked first, so a bad one fails the
-run before any frame is processed. The flow only composes; the work is in tasks/ and cv/.
+run before any frame is processed; extract_frames then runs it on the kept frames while the
+video decodes (decoding is the floor), and run_inference stores and summarises what it
+found. The flow only composes; the work is in tasks/ and cv/.
 """
 
 from __future__ import annotations
@@ -80,7 +82,11 @@ def process_scan(
                 input_roots=settings.allowed_input_roots,
             )
         with _timed(timings, "extract_frames"):
-            frames = extract_frames(video.local_path, scan_uri, str(work), options)
+            frames = extract_frames(
+                video.local_path, scan_uri, str(work), options, model, str(settings.models_dir)
+            )
+        if frames.inference is not None:  # the model ran while decoding: part of the above
+            timings["inference_while_decoding"] = frames.inference.seconds
         with _timed(timings, "run_inference"):
             inference = run_inference(
                 frames,

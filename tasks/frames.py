@@ -1,17 +1,39 @@
-"""extract_frames: decode the scan, measure every frame, keep the best of each window."""
+"""extract_frames: decode the scan, measure every frame, keep the best of each window.
+
+Decoding is the pipeline's floor, so the work on kept frames rides on it: while the video
+decodes, kept frames are JPEG-encoded and stored by two threads and, when the flow passes
+the run's model, classified by a third (cv.heads.StreamingClassifier). Each is fed through
+a bounded queue, so memory does not grow with the length of the scan.
+"""
 
 from __future__ import annotations
 
 import json
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
 from pathlib import Path
 
 from prefect import get_run_logger, task
 from pydantic import BaseModel
 
-from cv.frames import SampledFrame, VideoInfo, decoded_duration, probe_video, sample_frames
+from cv.frames import (
+    SampledFrame,
+    VideoInfo,
+    decoded_duration,
+    probe_video,
+    sample_frames,
+)
+from cv.heads import StreamingClassifier
 from cv.images import RGB, decode_jpeg, encode_jpeg
-from cv.quality import Fault, assess_scan, frame_limits, raise_if_rejected, scan_faults
+from cv.quality import (
+    Fault,
+    FrameQuality,
+    assess_scan,
+    frame_limits,
+    raise_if_rejected,
+    scan_faults,
+)
+from tasks.models import ModelInfo, classifier_for, cpu_threads, save_predictions
 from tasks.options import ScanOptions
 from tasks.storage import join, store_for
 
@@ -56,12 +78,22 @@ class QualitySummary(BaseModel):
     guidance: str | None = None
 
 
+class InferenceWhileDecoding(BaseModel):
+    """The model's predictions for the kept frames, made while the video decoded."""
+
+    path: str  # a local .npz in the run's work folder (tasks.models.save_predictions)
+    model_sha256: str
+    seconds: float  # time spent in the model
+    threads: int | None
+
+
 class FramesResult(BaseModel):
     video: VideoSummary
     quality: QualitySummary
     kept: list[KeptFrame]
     frame_quality_uri: str
     warnings: list[str] = []
+    inference: InferenceWhileDecoding | None = None
 
 
 def load_frame(frame: KeptFrame) -> RGB:
@@ -73,9 +105,18 @@ def load_frame(frame: KeptFrame) -> RGB:
 
 @task(name="extract-frames")
 def extract_frames(
-    video_path: str, scan_uri: str, work_dir: str, options: ScanOptions
+    video_path: str,
+    scan_uri: str,
+    work_dir: str,
+    options: ScanOptions,
+    model: ModelInfo | None = None,
+    model_cache_dir: str | None = None,
 ) -> FramesResult:
-    """Probe and stream-decode the scan; store kept frames; judge the scan's quality."""
+    """Probe and stream-decode the scan; store kept frames; judge the scan's quality.
+
+    With ``model`` (loaded by load_model into this process), also classify every kept
+    frame while decoding goes on; run_inference picks the predictions up.
+    """
     logger = get_run_logger()
     path = Path(video_path)
     limits = options.limits.video_limits()
@@ -91,22 +132,35 @@ def extract_frames(
     frames_dir = Path(work_dir) / "frames"
     frames_dir.mkdir(parents=True, exist_ok=True)
     store = store_for(scan_uri)
-    sampled: list[tuple[SampledFrame, str, str]] = []
+    sampled: list[tuple[FrameQuality, str, str]] = []  # not the pixels: memory stays flat
     pending: list[Future[str]] = []
+    threads: int | None = None
+    classify: StreamingClassifier | None = None
+    if model is not None:
+        clf = classifier_for(model, model_cache_dir or ".")
+        if clf.backbone.device.type == "cpu":
+            # the decoder keeps most cores busy; the model takes what is left
+            threads = max(1, cpu_threads() // 2)
+        classify = StreamingClassifier(clf, options.batch_size, threads)
 
     def publish(local: Path, uri: str, frame: SampledFrame) -> str:
         data = encode_jpeg(frame.rgb)
         local.write_bytes(data)
         return store.put_bytes(uri, data, "image/jpeg")
 
-    # JPEG encoding and upload release the GIL: overlap them with decoding.
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="frames") as pool:
+    # JPEG encoding, upload and the model release the GIL: overlap them with decoding.
+    with (
+        ThreadPoolExecutor(max_workers=2, thread_name_prefix="frames") as pool,
+        classify or nullcontext(),
+    ):
 
         def on_frame(frame: SampledFrame) -> None:
             name = f"{frame.quality.index:06d}.jpg"
             local, uri = frames_dir / name, join(scan_uri, "frames", name)
-            sampled.append((frame, str(local), uri))
+            sampled.append((frame.quality, str(local), uri))
             pending.append(pool.submit(publish, local, uri, frame))
+            if classify is not None:
+                classify.push(frame.rgb)
             while sum(not f.done() for f in pending) >= _IN_FLIGHT:
                 next(f for f in pending if not f.done()).result()
 
@@ -120,6 +174,16 @@ def extract_frames(
         )
         for f in pending:
             f.result()
+        ahead = None
+        if classify is not None and model is not None:
+            predictions = Path(work_dir) / "predictions.npz"
+            save_predictions(classify.finish(), predictions)
+            ahead = InferenceWhileDecoding(
+                path=str(predictions),
+                model_sha256=model.sha256,
+                seconds=round(classify.busy_s, 4),
+                threads=threads,
+            )
     qualities = decoded.qualities
     for warning in decoded.warnings:
         logger.warning("%s: %s", path.name, warning)
@@ -131,12 +195,12 @@ def extract_frames(
         KeptFrame(
             uri=uri,
             local_path=local,
-            index=f.quality.index,
-            time_s=f.quality.time_s,
-            sharpness=f.quality.sharpness,
-            usable=faults[f.quality.index] == Fault.NONE,
+            index=q.index,
+            time_s=q.time_s,
+            sharpness=q.sharpness,
+            usable=faults[q.index] == Fault.NONE,
         )
-        for f, local, uri in sampled
+        for q, local, uri in sampled
     ]
     rows = [
         [
@@ -194,4 +258,5 @@ def extract_frames(
         kept=kept,
         frame_quality_uri=fq_uri,
         warnings=list(decoded.warnings),
+        inference=ahead,
     )

@@ -1,9 +1,12 @@
 """load_model and run_inference: the run's model, checked before any frame is processed,
 then embeddings and per-frame views of the kept frames.
 
-The model is loaded once per process (``load_model`` loads it, ``run_inference`` finds it
-in the same cache) and shared by every run in that process that uses the same package on
-the same device.
+The model is loaded once per process (``load_model`` loads it; ``extract_frames`` and
+``run_inference`` find it in the same cache, tasks.models) and shared by every run in that
+process that uses the same package on the same device. The flow has ``extract_frames`` run
+the model on each kept frame while the video is still decoding; ``run_inference`` then
+stores and summarises those predictions, and computes them itself only when it was given
+frames without them.
 """
 
 from __future__ import annotations
@@ -11,41 +14,31 @@ from __future__ import annotations
 import functools
 import io
 import json
-import math
-import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 from prefect import get_run_logger, task
 from pydantic import BaseModel, Field
 
-from cv.heads import Classifier, classify_frames, view_coverage
+from cv.heads import classify_frames, view_coverage
+from cv.images import RGB
 from cv.model import LoadedModel, ModelIdentity, load_backbone, pick_device
-from tasks.frames import FramesResult, load_frame
+from tasks.frames import FramesResult, KeptFrame, load_frame
+from tasks.models import ModelInfo, classifier, classifier_for, cpu_threads, load_predictions
 from tasks.options import ModelRef
-from tasks.registry import BACKBONE_IDENTITY, choose_model, installed_backbone, load_package
+from tasks.registry import BACKBONE_IDENTITY, choose_model, installed_backbone
 from tasks.storage import join, store_for
+
+__all__ = ["ModelInfo", "cpu_threads", "load_model", "run_inference"]
 
 # The backbone alone, under the names issue 2 gave it (tests/cv, bench/orchestration.py).
 DEFAULT_MODEL = BACKBONE_IDENTITY
 _default_weights = installed_backbone
 
 MIN_VIEW_CONFIDENCE = 0.5
-
-
-class ModelInfo(BaseModel):
-    """The model that produced a scan's results, as the manifest records it."""
-
-    name: str
-    version: str
-    sha256: str = Field(description="sha256 of the model package archive.")
-    device: str
-    uri: str | None = Field(None, description="Where the package was read from.")
-    source: str | None = Field(None, description="Why this model: pinned, production, default.")
-    labels: list[str] = Field(default_factory=list, description="The view classes it predicts.")
-    backbone_sha256: str | None = Field(None, description="sha256 of the backbone weights.")
 
 
 class ViewCoverage(BaseModel):
@@ -69,48 +62,12 @@ class InferenceResult(BaseModel):
     threads: int | None = None
 
 
-def cpu_threads() -> int:
-    """CPUs this process may use: its affinity mask, capped by a cgroup v2 CPU quota.
-
-    torch defaults to the cores it can see, which in a container with a CPU quota (ECS,
-    Fargate, Kubernetes) is the host's: too many threads, each throttled.
-    """
-    try:
-        n = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        n = os.cpu_count() or 1
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-        if quota != "max":
-            n = min(n, max(1, math.ceil(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass
-    return max(1, n)
-
-
-@functools.lru_cache(maxsize=2)
-def _classifier(
-    ref: tuple[str, str, str | None, str | None], cache_dir: str, device: str
-) -> Classifier:
-    uri, sha256, name, version = ref
-    return load_package(
-        ModelRef(uri=uri, sha256=sha256, name=name, version=version),
-        Path(cache_dir),
-        pick_device(device),
-    )
-
-
-def _key(ref: ModelRef) -> tuple[str, str, str | None, str | None]:
-    assert ref.uri is not None and ref.sha256 is not None
-    return (ref.uri, ref.sha256, ref.name, ref.version)
-
-
 @task(name="load-model")
 def load_model(pinned: ModelRef, device: str, cache_dir: str) -> ModelInfo:
     """Choose the run's model, fetch, verify and load it: a bad model fails here."""
     logger = get_run_logger()
     ref, why = choose_model(pinned)
-    clf = _classifier(_key(ref), cache_dir, device)
+    clf = classifier(ref, cache_dir, device)
     info = ModelInfo(
         name=clf.identity.name,
         version=clf.identity.version,
@@ -136,15 +93,25 @@ def run_inference(
     cache_dir: str,
     threads: int | None = None,
 ) -> InferenceResult:
-    """Embed every kept frame and name its view; store embeddings.npy and views.json."""
+    """Embed every kept frame and name its view; store embeddings.npy and views.json.
+
+    Uses the predictions extract_frames made while decoding when they come from this
+    model; otherwise runs the model here, streaming the kept frames from disk.
+    """
     logger = get_run_logger()
-    ref = ModelRef(uri=model.uri, sha256=model.sha256, name=model.name, version=model.version)
-    clf = _classifier(_key(ref), cache_dir, model.device)
-    n_threads = (threads or cpu_threads()) if clf.backbone.device.type == "cpu" else None
-    images = [load_frame(f) for f in frames.kept]
-    start = time.perf_counter()
-    pred = classify_frames(clf, images, batch_size=batch_size, threads=n_threads)
-    elapsed = time.perf_counter() - start
+    clf = classifier_for(model, cache_dir)
+    ahead = frames.inference
+    if ahead is not None and ahead.model_sha256 == model.sha256 and Path(ahead.path).is_file():
+        pred, elapsed, n_threads = load_predictions(ahead.path), ahead.seconds, ahead.threads
+        when = "while decoding"
+    else:
+        n_threads = (threads or cpu_threads()) if clf.backbone.device.type == "cpu" else None
+        start = time.perf_counter()
+        pred = classify_frames(clf, KeptImages(frames.kept), batch_size, n_threads)
+        elapsed = time.perf_counter() - start
+        when = "after decoding"
+    if len(pred.views) != len(frames.kept):
+        raise RuntimeError(f"{len(pred.views)} predictions for {len(frames.kept)} kept frames")
     store = store_for(scan_uri)
     buf = io.BytesIO()
     np.save(buf, pred.embeddings)
@@ -167,13 +134,14 @@ def run_inference(
         join(scan_uri, "views.json"), json.dumps(views_doc).encode(), "application/json"
     )
     cov = view_coverage(pred.views, pred.confidence, usable, clf.labels, MIN_VIEW_CONFIDENCE)
-    fps = len(images) / elapsed if elapsed > 0 else 0.0
+    fps = len(frames.kept) / elapsed if elapsed > 0 else 0.0
     logger.info(
-        "%d frames at %.1f frames/s on %s (%s threads); views %s; missing %s",
-        len(images),
+        "%d frames at %.1f frames/s on %s (%s threads, %s); views %s; missing %s",
+        len(frames.kept),
         fps,
         clf.backbone.device,
         n_threads or "-",
+        when,
         {k: v for k, v in cov.frames.items() if v},
         list(cov.missing) or "none",
     )
@@ -189,10 +157,29 @@ def run_inference(
             min_confidence=cov.min_confidence,
             min_frames=cov.min_frames,
         ),
-        frames=len(images),
+        frames=len(frames.kept),
         frames_per_second=fps,
         threads=n_threads,
     )
+
+
+class KeptImages(Sequence[RGB]):
+    """The kept frames' pixels, read from disk only when a batch asks for them."""
+
+    def __init__(self, kept: list[KeptFrame]) -> None:
+        self.kept = kept
+
+    def __len__(self) -> int:
+        return len(self.kept)
+
+    @overload
+    def __getitem__(self, i: int) -> RGB: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[RGB]: ...
+    def __getitem__(self, i: int | slice) -> RGB | list[RGB]:
+        if isinstance(i, slice):
+            return [load_frame(f) for f in self.kept[i]]
+        return load_frame(self.kept[i])
 
 
 @functools.cache

@@ -56,9 +56,13 @@ def test_a_scan_runs_end_to_end(good_scan: SyntheticScan, results_dir: Path) -> 
         "download_scan",
         "extract_frames",
         "run_inference",
+        "inference_while_decoding",  # the model ran on kept frames as they were decoded
         "render_summary",
         "compute_tracking",
     }
+    views = json.loads(_path(m.artifacts.views).read_text())
+    assert len(views["rows"]) == 12  # one prediction per kept frame, in order
+    assert [r[1] for r in views["rows"]] == sorted(r[1] for r in views["rows"])
     assert m.code_version.startswith("0.1.0")
     assert m.tracking is None  # first scan of this patient
     # every artifact exists and is valid
@@ -76,6 +80,44 @@ def test_a_scan_runs_end_to_end(good_scan: SyntheticScan, results_dir: Path) -> 
     run, artifacts = asyncio.run(_read_run(m.flow_run_id or ""))
     assert run.name == "scan-a"
     assert any(a.type == "markdown" and "usable frames" in (a.data or "") for a in artifacts)
+
+
+def test_inference_after_decoding_agrees_with_inference_while_decoding(
+    good_scan: SyntheticScan, tmp_path: Path
+) -> None:
+    """Frames extracted without the model (no predictions made while decoding) are
+    classified by run_inference from the stored JPEGs, with the same views."""
+    from prefect import flow
+
+    from flows.settings import Settings
+    from tasks.frames import extract_frames
+    from tasks.inference import load_model, load_views, run_inference
+    from tasks.options import ScanOptions
+
+    @flow
+    def both() -> tuple[list[str], list[str], bool]:
+        settings, options = Settings(), ScanOptions()
+        model = load_model(options.model, options.device, str(settings.models_dir))
+        views = []
+        for i, with_model in enumerate((True, False)):
+            root = tmp_path / f"r{i}"
+            frames = extract_frames(
+                str(good_scan.path),
+                root.as_uri(),
+                str(tmp_path / f"w{i}"),
+                options,
+                model if with_model else None,
+                str(settings.models_dir),
+            )
+            assert (frames.inference is not None) is with_model
+            done = run_inference(frames, root.as_uri(), model, 4, str(settings.models_dir))
+            views.append([row["view"] for row in load_views(done.views_uri)[1]])
+        return views[0], views[1], True
+
+    during, after, _ = both()
+    assert len(during) == len(after) == 12
+    # the same frames, once as decoded pixels and once through JPEG: nearly all agree
+    assert sum(a == b for a, b in zip(during, after, strict=True)) >= 10
 
 
 def test_a_later_scan_is_tracked_against_the_earlier_one(

@@ -185,3 +185,43 @@ def test_altered_member_is_a_model_error(make_package: Callable[..., Path], tmp_
 
     bad = make_package("swapped", edit, rehash=False)
     assert "does not match its recorded sha256" in _model_error(bad, tmp_path)
+
+
+def test_streaming_classifier_matches_the_batch_call_and_stays_bounded(tmp_path: Path) -> None:
+    """Frames pushed while a video decodes get the predictions classify_frames gives them,
+    in order; the queue holds at most two batches; a failure reaches the producer."""
+    import threading
+
+    import av
+
+    from cv.heads import StreamingClassifier
+
+    model = load_package(DEFAULT_PACKAGE, tmp_path / "cache", CPU)
+    scan = render_scan(tmp_path / "s.mp4", ScanSpec(seed=9, duration_s=4.2, fps=5.0))
+    with av.open(str(scan.path)) as c:
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    expected = classify_frames(model, frames, batch_size=4)
+    with StreamingClassifier(model, batch_size=4) as stream:
+        for rgb in frames:
+            stream.push(rgb)
+            assert stream._queue.qsize() <= 8
+        got = stream.finish()
+    assert len(frames) % 4 != 0  # the last, partial batch is classified too
+    np.testing.assert_array_equal(got.views, expected.views)
+    np.testing.assert_allclose(got.embeddings, expected.embeddings, atol=1e-5)
+    assert stream.busy_s > 0
+
+    # a model that fails: the error reaches push or finish, and nothing hangs
+    broken = StreamingClassifier(model, batch_size=2)
+    broken.model = None  # type: ignore[assignment]
+    with pytest.raises(AttributeError), broken:
+        for rgb in frames * 5:
+            broken.push(rgb)
+        broken.finish()
+    assert not any(t.name == "classify" and t.is_alive() for t in threading.enumerate())
+
+    # leaving early (decoding failed) stops the thread
+    with pytest.raises(RuntimeError), StreamingClassifier(model, batch_size=4) as early:
+        early.push(frames[0])
+        raise RuntimeError("decoding failed")
+    assert not early._thread.is_alive()

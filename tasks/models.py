@@ -1,0 +1,88 @@
+"""The run's model in this process: what the manifest records of it, and the loaded
+classifier, cached so that every task and every run in the process shares one copy."""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from cv.heads import Classifier, FramePredictions
+from cv.model import pick_device
+from tasks.options import ModelRef
+from tasks.registry import load_package
+
+
+class ModelInfo(BaseModel):
+    """The model that produced a scan's results, as the manifest records it."""
+
+    name: str
+    version: str
+    sha256: str = Field(description="sha256 of the model package archive.")
+    device: str
+    uri: str | None = Field(None, description="Where the package was read from.")
+    source: str | None = Field(None, description="Why this model: pinned, production, default.")
+    labels: list[str] = Field(default_factory=list, description="The view classes it predicts.")
+    backbone_sha256: str | None = Field(None, description="sha256 of the backbone weights.")
+
+
+def cpu_threads() -> int:
+    """CPUs this process may use: its affinity mask, capped by a cgroup v2 CPU quota.
+
+    torch defaults to the cores it can see, which in a container with a CPU quota (ECS,
+    Fargate, Kubernetes) is the host's: too many threads, each throttled.
+    """
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        n = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            n = min(n, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, n)
+
+
+@functools.lru_cache(maxsize=2)
+def _classifier(
+    ref: tuple[str, str, str | None, str | None], cache_dir: str, device: str
+) -> Classifier:
+    uri, sha256, name, version = ref
+    return load_package(
+        ModelRef(uri=uri, sha256=sha256, name=name, version=version),
+        Path(cache_dir),
+        pick_device(device),
+    )
+
+
+def _key(ref: ModelRef) -> tuple[str, str, str | None, str | None]:
+    assert ref.uri is not None and ref.sha256 is not None
+    return (ref.uri, ref.sha256, ref.name, ref.version)
+
+
+def classifier(ref: ModelRef, cache_dir: str, device: str) -> Classifier:
+    """The package ``ref`` loaded on ``device``, once per process and device ("auto" and
+    the device it resolves to are one entry)."""
+    return _classifier(_key(ref), cache_dir, str(pick_device(device)))
+
+
+def classifier_for(model: ModelInfo, cache_dir: str) -> Classifier:
+    """The classifier ``load_model`` loaded for this run."""
+    ref = ModelRef(uri=model.uri, sha256=model.sha256, name=model.name, version=model.version)
+    return classifier(ref, cache_dir, model.device)
+
+
+def save_predictions(pred: FramePredictions, path: Path) -> None:
+    """Per kept frame: embedding, view and confidence, in one local .npz."""
+    np.savez(path, embeddings=pred.embeddings, views=pred.views, confidence=pred.confidence)
+
+
+def load_predictions(path: str) -> FramePredictions:
+    with np.load(path, allow_pickle=False) as z:
+        return FramePredictions(z["embeddings"], z["views"], z["confidence"])
