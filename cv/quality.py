@@ -23,7 +23,7 @@ ANALYSIS_WIDTH = 320
 _MOTION_WIDTH = 80
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FrameQuality:
     """Quality figures of one decoded frame."""
 

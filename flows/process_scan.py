@@ -18,6 +18,7 @@ from typing import Annotated
 
 from prefect import flow, get_run_logger, runtime
 from prefect.artifacts import create_markdown_artifact
+from prefect.context import TagsContext
 from pydantic import Field
 
 from cv.errors import ScanError
@@ -45,6 +46,20 @@ def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
         timings[stage] = round(time.perf_counter() - start, 4)
 
 
+@contextmanager
+def _untagged_tasks() -> Iterator[None]:
+    """Run the block's tasks without the flow run's tags.
+
+    Before a task that has tags, Prefect asks the server for tag concurrency slots and
+    gives them back after it: two database writes a task. scanflow bounds concurrency by
+    work pool and deployment, not by tag; on the embedded SQLite server those writes also
+    collide with the previous task's state writes (a 503, retried 2 s later: measured
+    after every task longer than ~10 s). The flow run keeps its tags.
+    """
+    with TagsContext(current_tags=set()):
+        yield
+
+
 @flow(
     name="process-scan",
     flow_run_name="{scan_id}",
@@ -69,79 +84,80 @@ def process_scan(
     work = settings.scratch_dir / f"{scan_id}-{int(time.time() * 1000)}"
     work.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
-    try:
-        with _timed(timings, "load_model"):
-            model = load_model(options.model, options.device, str(settings.models_dir))
-        with _timed(timings, "download_scan"):
-            video = download_scan(
-                video_uri,
-                str(work),
-                options.limits.max_bytes,
+    with _untagged_tasks():
+        try:
+            with _timed(timings, "load_model"):
+                model = load_model(options.model, options.device, str(settings.models_dir))
+            with _timed(timings, "download_scan"):
+                video = download_scan(
+                    video_uri,
+                    str(work),
+                    options.limits.max_bytes,
+                    scan_id=scan_id,
+                    patient_id=patient_id,
+                    input_roots=settings.allowed_input_roots,
+                )
+            with _timed(timings, "extract_frames"):
+                frames = extract_frames(
+                    video.local_path, scan_uri, str(work), options, model, str(settings.models_dir)
+                )
+            if frames.inference is not None:  # the model ran while decoding: part of the above
+                timings["inference_while_decoding"] = frames.inference.seconds
+            with _timed(timings, "run_inference"):
+                inference = run_inference(
+                    frames,
+                    scan_uri,
+                    model,
+                    options.batch_size,
+                    str(settings.models_dir),
+                    settings.cpu_threads,
+                )
+            with _timed(timings, "render_summary"):
+                summary = render_summary(frames, inference, scan_uri, str(work), options)
+            with _timed(timings, "compute_tracking"):
+                tracking = compute_tracking(
+                    patient_id,
+                    scan_id,
+                    settings.results_root,
+                    scan_uri,
+                    previous_scan_ids,
+                    frames,
+                    inference,
+                )
+            manifest = Manifest(
                 scan_id=scan_id,
                 patient_id=patient_id,
-                input_roots=settings.allowed_input_roots,
+                flow_run_id=str(runtime.flow_run.id) if runtime.flow_run.id else None,
+                code_version=settings.resolved_code_version(),
+                started_at=started,
+                completed_at=datetime.now(UTC),
+                source_uri=video_uri,
+                video=frames.video,
+                quality=frames.quality,
+                model=inference.model,
+                views=inference.views,
+                timings_s=timings,
+                artifacts=Artifacts(
+                    summary_video=summary.video_uri,
+                    summary_video_frames=summary.video_frames,
+                    summary_video_seconds=summary.video_seconds,
+                    contact_sheet=summary.contact_sheet_uri,
+                    keyframes=summary.keyframes,
+                    embeddings=inference.embeddings_uri,
+                    views=inference.views_uri,
+                    frame_quality=frames.frame_quality_uri,
+                    tracking=tracking.uri,
+                ),
+                view_frames=tracking.view_frames,
+                tracking=tracking.summary,
+                trend=tracking.trend,
             )
-        with _timed(timings, "extract_frames"):
-            frames = extract_frames(
-                video.local_path, scan_uri, str(work), options, model, str(settings.models_dir)
-            )
-        if frames.inference is not None:  # the model ran while decoding: part of the above
-            timings["inference_while_decoding"] = frames.inference.seconds
-        with _timed(timings, "run_inference"):
-            inference = run_inference(
-                frames,
-                scan_uri,
-                model,
-                options.batch_size,
-                str(settings.models_dir),
-                settings.cpu_threads,
-            )
-        with _timed(timings, "render_summary"):
-            summary = render_summary(frames, inference, scan_uri, str(work), options)
-        with _timed(timings, "compute_tracking"):
-            tracking = compute_tracking(
-                patient_id,
-                scan_id,
-                settings.results_root,
-                scan_uri,
-                previous_scan_ids,
-                frames,
-                inference,
-            )
-        manifest = Manifest(
-            scan_id=scan_id,
-            patient_id=patient_id,
-            flow_run_id=str(runtime.flow_run.id) if runtime.flow_run.id else None,
-            code_version=settings.resolved_code_version(),
-            started_at=started,
-            completed_at=datetime.now(UTC),
-            source_uri=video_uri,
-            video=frames.video,
-            quality=frames.quality,
-            model=inference.model,
-            views=inference.views,
-            timings_s=timings,
-            artifacts=Artifacts(
-                summary_video=summary.video_uri,
-                summary_video_frames=summary.video_frames,
-                summary_video_seconds=summary.video_seconds,
-                contact_sheet=summary.contact_sheet_uri,
-                keyframes=summary.keyframes,
-                embeddings=inference.embeddings_uri,
-                views=inference.views_uri,
-                frame_quality=frames.frame_quality_uri,
-                tracking=tracking.uri,
-            ),
-            view_frames=tracking.view_frames,
-            tracking=tracking.summary,
-            trend=tracking.trend,
-        )
-        return publish_manifest(manifest, scan_uri)
-    except ScanError as exc:
-        _report_failure(scan_id, exc)
-        raise
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+            return publish_manifest(manifest, scan_uri)
+        except ScanError as exc:
+            _report_failure(scan_id, exc)
+            raise
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def _report_failure(scan_id: str, exc: ScanError) -> None:

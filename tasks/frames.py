@@ -38,6 +38,7 @@ from tasks.options import ScanOptions
 from tasks.storage import join, store_for
 
 _IN_FLIGHT = 8  # kept frames being encoded/uploaded at once: bounds memory
+_STREAM_BATCH = 8  # kept frames a batch of the model while decoding
 
 
 class KeptFrame(BaseModel):
@@ -141,7 +142,9 @@ def extract_frames(
         if clf.backbone.device.type == "cpu":
             # the decoder keeps most cores busy; the model takes what is left
             threads = max(1, cpu_threads() // 2)
-        classify = StreamingClassifier(clf, options.batch_size, threads)
+        # small batches: the model's activations are the largest transient allocation of
+        # the stage, and throughput on CPU is the same from 8 frames a batch
+        classify = StreamingClassifier(clf, min(options.batch_size, _STREAM_BATCH), threads)
 
     def publish(local: Path, uri: str, frame: SampledFrame) -> str:
         data = encode_jpeg(frame.rgb)
