@@ -805,6 +805,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", action="store_true", help="keep the temporary home")
     args = p.parse_args(argv)
 
+    # stopped with SIGTERM (kill, timeout): unwind, so the stack and its database go too
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     auth = None
     if args.auth:
         auth = "burst:" + base64.urlsafe_b64encode(os.urandom(12)).decode()

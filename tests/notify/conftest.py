@@ -2,25 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
-from notify_harness import FIGURES, SIGNING_SECRET, Receiver
+from notify_harness import FIGURES, platform, slack
 
-
-@pytest.fixture(scope="session")
-def platform() -> Iterator[Receiver]:
-    receiver = Receiver("platform", secret=SIGNING_SECRET).start()
-    yield receiver
-    receiver.stop()
-
-
-@pytest.fixture(scope="session")
-def slack() -> Iterator[Receiver]:
-    receiver = Receiver("slack").start()
-    yield receiver
-    receiver.stop()
+__all__ = ["platform", "slack"]  # the receivers, as fixtures
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

@@ -21,11 +21,13 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from flows.settings import REPO_ROOT
 from flows.signing import HEADER, SignatureError, verify_signature
@@ -314,3 +316,22 @@ class NotifyStack:
 def kill(pid: int, sig: int = signal.SIGKILL) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
+
+
+# -- fixtures, shared by the conftests that import them (tests/notify, tests/faults) -----
+
+
+@pytest.fixture(scope="session")
+def platform() -> Iterator[Receiver]:
+    """The platform's webhook receiver, verifying signatures."""
+    receiver = Receiver("platform", secret=SIGNING_SECRET).start()
+    yield receiver
+    receiver.stop()
+
+
+@pytest.fixture(scope="session")
+def slack() -> Iterator[Receiver]:
+    """Slack's incoming-webhook receiver."""
+    receiver = Receiver("slack").start()
+    yield receiver
+    receiver.stop()
