@@ -23,7 +23,6 @@ from pydantic import Field
 
 from cv.errors import ScanError
 from flows.hooks import send_outcome
-from flows.memory import limit_heap_growth
 from flows.settings import Settings
 from tasks.download import download_scan
 from tasks.frames import extract_frames
@@ -78,7 +77,6 @@ def process_scan(
     options: ScanOptions | None = None,
 ) -> str:
     """Process one scan; returns the manifest's URI."""
-    limit_heap_growth()
     options = options or ScanOptions()
     settings = Settings()
     started = datetime.now(UTC)

@@ -33,12 +33,14 @@ from cv.quality import (
     raise_if_rejected,
     scan_faults,
 )
+from tasks.memory import trim_heap
 from tasks.models import ModelInfo, classifier_for, cpu_threads, save_predictions
 from tasks.options import ScanOptions
 from tasks.storage import join, store_for
 
 _IN_FLIGHT = 8  # kept frames being encoded/uploaded at once: bounds memory
 _STREAM_BATCH = 8  # kept frames a batch of the model while decoding
+_TRIM_EVERY = 16  # kept frames between returns of free heap pages (tasks.memory)
 
 
 class KeptFrame(BaseModel):
@@ -198,6 +200,8 @@ def extract_frames(
             pending.append(pool.submit(publish, local, uri, frame))
             if classify is not None:
                 classify.push(frame.rgb)
+            if len(sampled) % _TRIM_EVERY == 0:
+                trim_heap()
             while sum(not f.done() for f in pending) >= _IN_FLIGHT:
                 next(f for f in pending if not f.done()).result()
 

@@ -1,4 +1,4 @@
-"""flows.memory: the flow process's malloc settings (glibc), applied once."""
+"""tasks.memory: free heap pages go back to the system (glibc)."""
 
 from __future__ import annotations
 
@@ -7,34 +7,32 @@ import subprocess
 import sys
 
 import pytest
+from tasks.memory import trim_heap
 
-from flows.memory import limit_heap_growth
 
-
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
-def test_heap_settings_apply_and_large_blocks_go_back_to_the_system() -> None:
-    # in a fresh process: a 4 MiB block freed, then the same again. glibc's default raises
-    # its mmap threshold after the first free and serves the second from the heap, which
-    # keeps it after free; with the fixed threshold both are mapped and unmapped.
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
+def test_trim_heap_returns_freed_memory_that_malloc_kept() -> None:
+    # in a fresh process: 64 MiB in 64 KiB blocks (under the mmap threshold: from the
+    # heap), the last one kept so the heap's top cannot shrink, the rest freed. malloc keeps
+    # the freed pages; trim_heap hands them back.
     code = """
 import ctypes, sys
-from flows.memory import limit_heap_growth
-if sys.argv[1] == "on":
-    assert limit_heap_growth()
+from tasks.memory import trim_heap
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype = ctypes.c_void_p
+libc.malloc.argtypes = [ctypes.c_size_t]
 libc.free.argtypes = [ctypes.c_void_p]
 def rss():
     return int(open("/proc/self/statm").read().split()[1]) * 4096
-before = rss()
-for _ in range(3):
-    p = libc.malloc(4 << 20); ctypes.memset(p, 1, 4 << 20); libc.free(p)
-print(rss() - before)
+blocks = [libc.malloc(64 << 10) for _ in range(1024)]
+for b in blocks:
+    ctypes.memset(b, 1, 64 << 10)
+for b in blocks[:-1]:
+    libc.free(b)
+kept = rss()
+assert trim_heap()
+print(kept - rss())
 """
-    held = {
-        mode: int(subprocess.check_output([sys.executable, "-c", code, mode], text=True))
-        for mode in ("off", "on")
-    }
-    assert held["off"] >= 3 << 20, held  # the default keeps the block in the heap
-    assert held["on"] < 1 << 20, held
-    assert limit_heap_growth() is True and limit_heap_growth() is True  # once, cached
+    released = int(subprocess.check_output([sys.executable, "-c", code], text=True))
+    assert released >= 48 << 20, released
+    assert trim_heap() is True
