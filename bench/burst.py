@@ -572,6 +572,16 @@ def read_runs(client: httpx.Client) -> list[dict[str, Any]]:
             return [r for r in runs if "burst" in (r.get("tags") or [])]
 
 
+def last_logs(client: httpx.Client, run_id: str, n: int = 4) -> list[str]:
+    """The last lines a run logged (a crashed run's flow process, before it died)."""
+    body = {"logs": {"flow_run_id": {"any_": [run_id]}}, "sort": "TIMESTAMP_DESC", "limit": n}
+    try:
+        logs = client.post("/logs/filter", json=body).raise_for_status().json()
+    except httpx.HTTPError as exc:
+        return [f"(logs unavailable: {exc})"]
+    return [f"{log['level']} {log['message'][:300]}" for log in reversed(logs)]
+
+
 def running_count(client: httpx.Client, run_id: str) -> int:
     states = client.get("/flow_run_states/", params={"flow_run_id": run_id}).raise_for_status()
     return sum(1 for s in states.json() if s["type"] == "RUNNING")
@@ -663,6 +673,11 @@ def analyse(
         for run in runs:
             runs_by_scan.setdefault(run["parameters"].get("scan_id", "?"), []).append(run)
         reexecuted = [r["id"] for r in runs if running_count(client, r["id"]) > 1]
+        crashed_logs = {
+            r["parameters"].get("scan_id", "?"): last_logs(client, r["id"])
+            for r in runs
+            if (r.get("state") or {}).get("type") == "CRASHED"
+        }
     outcome: Counter[str] = Counter()
     notes: list[str] = []
     unexpected = 0
@@ -695,6 +710,8 @@ def analyse(
             except (OSError, ValueError, KeyError):
                 bad_manifests += 1
                 notes.append(f"{upload.scan_id}: completed without its manifest")
+    for scan_id, lines in list(crashed_logs.items())[:3]:
+        notes.extend(f"{scan_id} log: {line}" for line in lines)
     refused = [inv for inv in submission.invocations if inv.refused]
     dead = {inv.upload.scan_id for inv in submission.invocations if not inv.runs and inv.errors}
     dead -= {inv.upload.scan_id for inv in submission.invocations if inv.runs}
@@ -827,10 +844,14 @@ def main(argv: list[str] | None = None) -> int:
             stall_s=args.stall,
             progress=True,
         )
+        ok = report.lost == 0 and report.duplicates == 0 and report.crashed == 0
+        if not ok:
+            stack.keep_home = True  # the server's database and every log, to find out why
     print("\n".join(report.lines()))
+    if not ok:
+        print(f"kept for inspection: {stack.home} (logs/, prefect/prefect.db on SQLite)")
     if args.json:
         args.json.write_text(json.dumps(asdict(report), indent=2))
-    ok = report.lost == 0 and report.duplicates == 0 and report.crashed == 0
     return 0 if ok and report.dead_lettered == 0 and report.unexpected == 0 else 1
 
 
