@@ -91,7 +91,6 @@ def main() -> int:
     ap.add_argument("--memory-short", type=float, default=60.0)
     ap.add_argument("--memory-long", type=float, default=600.0)
     ap.add_argument("--skip-memory", action="store_true")
-    ap.add_argument("--skip-speed", action="store_true")
     args = ap.parse_args()
     ffmpeg = shutil.which("ffmpeg")
     if ffmpeg is None:
