@@ -290,19 +290,19 @@ class StreamingClassifier:
     def _run(self) -> None:
         batch: list[npt.NDArray[np.uint8]] = []
         try:
-            while True:
-                rgb = self._queue.get()
-                if rgb is not None:
-                    batch.append(rgb)
-                if batch and (rgb is None or len(batch) == self.batch_size):
-                    start = time.perf_counter()
-                    self._parts.append(
-                        classify_frames(self.model, batch, self.batch_size, self.threads)
-                    )
-                    self.busy_s += time.perf_counter() - start
-                    batch = []
-                if rgb is None:
-                    return
+            # the thread count once for the whole stream, not set and restored every batch
+            with torch_threads(self.threads):
+                while True:
+                    rgb = self._queue.get()
+                    if rgb is not None:
+                        batch.append(rgb)
+                    if batch and (rgb is None or len(batch) == self.batch_size):
+                        start = time.perf_counter()
+                        self._parts.append(classify_frames(self.model, batch, self.batch_size))
+                        self.busy_s += time.perf_counter() - start
+                        batch = []
+                    if rgb is None:
+                        return
         except BaseException as exc:  # noqa: BLE001 - handed to the producer
             self._error = exc
             while self._queue.get() is not None:  # never leave the producer blocked
