@@ -44,7 +44,7 @@ def plain_pipeline(path: Path, root: Path) -> float:
 
     from cv.frames import decoded_duration, probe_video, sample_frames
     from cv.images import encode_jpeg
-    from cv.model import embed_frames
+    from cv.model import embed_frames, load_backbone, pick_device
     from cv.quality import Fault, assess_scan, frame_limits, scan_faults
     from cv.summary import (
         SummaryFrame,
@@ -53,8 +53,8 @@ def plain_pipeline(path: Path, root: Path) -> float:
         contact_sheet,
         render_summary_video,
     )
-    from tasks.inference import DEFAULT_MODEL, _default_weights, _load
     from tasks.options import ScanOptions
+    from tasks.registry import BACKBONE_IDENTITY, installed_backbone
 
     start = time.perf_counter()
     opts = ScanOptions()
@@ -74,7 +74,7 @@ def plain_pipeline(path: Path, root: Path) -> float:
     verdict = assess_scan(qualities, decoded_duration(qualities, info.fps), opts.thresholds())
     faults = scan_faults(qualities, frame_limits(qualities, opts.thresholds()), opts.thresholds())
     usable = [faults[k.quality.index] == Fault.NONE for k in kept]
-    model = _load(_default_weights(), DEFAULT_MODEL, opts.device)
+    model = load_backbone(installed_backbone(), BACKBONE_IDENTITY, pick_device(opts.device))
     emb = embed_frames(model, [k.rgb for k in kept], batch_size=opts.batch_size)
     buf = io.BytesIO()
     np.save(buf, emb)

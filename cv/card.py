@@ -10,7 +10,8 @@ import cv2
 import numpy as np
 
 from cv.heads import Evaluation
-from cv.model import EMBEDDING_DIM, INPUT_SIZE
+from cv.model import INPUT_SIZE
+from cv.predictions import EMBEDDING_DIM
 
 if TYPE_CHECKING:
     from cv.package import Backbone

@@ -7,12 +7,8 @@ same data gives the same weights, and no global torch state is touched.
 
 from __future__ import annotations
 
-import queue
-import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from types import TracebackType
 
 import numpy as np
 import numpy.typing as npt
@@ -20,16 +16,12 @@ import torch
 from torch import nn
 
 from cv.model import (
-    EMBEDDING_DIM,
     LoadedModel,
     ModelIdentity,
     iter_embeddings,
     torch_threads,
 )
-
-# The views the classifier names. The first five are the standard intraoral views that
-# cv.synthetic renders; "other" is anything else (out of the mouth, dark, glare).
-VIEW_LABELS = ("front", "left", "right", "upper_occlusal", "lower_occlusal", "other")
+from cv.predictions import EMBEDDING_DIM, FramePredictions
 
 
 class ViewHead(nn.Module):
@@ -187,15 +179,6 @@ class Classifier:
     labels: tuple[str, ...]
 
 
-@dataclass(frozen=True)
-class FramePredictions:
-    """Per frame: the embedding, the predicted view (index into labels) and its probability."""
-
-    embeddings: npt.NDArray[np.float32]
-    views: npt.NDArray[np.int64]
-    confidence: npt.NDArray[np.float32]
-
-
 def classify_frames(
     model: Classifier,
     frames: Sequence[npt.NDArray[np.uint8]],
@@ -225,133 +208,3 @@ def classify_frames(
             views[start:end] = v.cpu().numpy()
             conf[start:end] = c.cpu().numpy()
     return FramePredictions(emb, views, conf)
-
-
-class StreamingClassifier:
-    """Classifies frames while they are still being decoded: a background thread takes
-    them in order from a bounded queue and runs them through the model batch by batch.
-
-    Decoding is the floor of the pipeline; this puts inference under it. The queue holds
-    at most two batches, so memory stays flat however long the scan, and a decoder that
-    outruns the model waits for it. Use as a context manager: leaving it early (decoding
-    failed) stops the thread.
-    """
-
-    def __init__(self, model: Classifier, batch_size: int = 16, threads: int | None = None):
-        self.model, self.batch_size, self.threads = model, batch_size, threads
-        self.busy_s = 0.0  # seconds spent in the model
-        self._queue: queue.Queue[npt.NDArray[np.uint8] | None] = queue.Queue(2 * batch_size)
-        self._parts: list[FramePredictions] = []
-        self._error: BaseException | None = None
-        self._closed = False
-        self._thread = threading.Thread(target=self._run, name="classify", daemon=True)
-        self._thread.start()
-
-    def push(self, rgb: npt.NDArray[np.uint8]) -> None:
-        """Queue one RGB frame (blocks while two batches wait)."""
-        if self._error is not None:
-            raise self._error
-        self._queue.put(rgb)
-
-    def finish(self) -> FramePredictions:
-        """Classify what is queued and return the predictions of every pushed frame."""
-        self._close()
-        if self._error is not None:
-            raise self._error
-        if not self._parts:
-            return FramePredictions(
-                np.empty((0, EMBEDDING_DIM), np.float32),
-                np.empty(0, np.int64),
-                np.empty(0, np.float32),
-            )
-        return FramePredictions(
-            np.concatenate([p.embeddings for p in self._parts]),
-            np.concatenate([p.views for p in self._parts]),
-            np.concatenate([p.confidence for p in self._parts]),
-        )
-
-    def __enter__(self) -> StreamingClassifier:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._close()
-
-    def _close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._queue.put(None)
-            self._thread.join()
-
-    def _run(self) -> None:
-        batch: list[npt.NDArray[np.uint8]] = []
-        try:
-            # the thread count once for the whole stream, not set and restored every batch
-            with torch_threads(self.threads):
-                while True:
-                    rgb = self._queue.get()
-                    if rgb is not None:
-                        batch.append(rgb)
-                    if batch and (rgb is None or len(batch) == self.batch_size):
-                        start = time.perf_counter()
-                        self._parts.append(classify_frames(self.model, batch, self.batch_size))
-                        self.busy_s += time.perf_counter() - start
-                        batch = []
-                    if rgb is None:
-                        return
-        except BaseException as exc:  # noqa: BLE001 - handed to the producer
-            self._error = exc
-            while self._queue.get() is not None:  # never leave the producer blocked
-                pass
-
-
-@dataclass(frozen=True)
-class ViewCoverage:
-    """Which views a scan's usable frames show, as the doctor's checklist needs it."""
-
-    frames: dict[str, int]  # usable frames confidently predicted as each label
-    uncertain: int  # usable frames whose best view is below the confidence threshold
-    usable: int
-    missing: tuple[str, ...]  # standard views with fewer than ``min_frames`` frames
-    min_confidence: float
-    min_frames: int
-
-
-def view_coverage(
-    views: npt.NDArray[np.int64],
-    confidence: npt.NDArray[np.float32],
-    usable: Sequence[bool],
-    labels: Sequence[str],
-    min_confidence: float = 0.5,
-    min_frames: int = 1,
-) -> ViewCoverage:
-    """Count usable, confidently classified frames per view.
-
-    Args:
-        views: per kept frame, the predicted label index.
-        confidence: per kept frame, that label's probability.
-        usable: per kept frame, whether it passed the quality checks.
-        labels: class names by index.
-        min_confidence: below this a frame counts as uncertain, for no view.
-        min_frames: a standard view with fewer frames is reported missing.
-    Returns:
-        Per-label counts and the standard views that are missing.
-    """
-    frames = dict.fromkeys(labels, 0)
-    uncertain = n_usable = 0
-    for v, c, ok in zip(views, confidence, usable, strict=True):
-        if not ok:
-            continue
-        n_usable += 1
-        if c < min_confidence:
-            uncertain += 1
-        else:
-            frames[labels[int(v)]] += 1
-    missing = tuple(
-        v for v in VIEW_LABELS if v in frames and v != "other" and frames[v] < min_frames
-    )
-    return ViewCoverage(frames, uncertain, n_usable, missing, min_confidence, min_frames)

@@ -23,9 +23,9 @@ import torch
 from torch import nn
 
 from cv.errors import ProcessingError, Reason
+from cv.predictions import EMBEDDING_DIM
 
 INPUT_SIZE = 224
-EMBEDDING_DIM = 1280
 # ImageNet statistics on 0..255 RGB, as torchvision trained the backbone.
 MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)

@@ -38,7 +38,6 @@ from cv.card import model_card, render_confusion
 from cv.errors import ProcessingError, Reason
 from cv.heads import Classifier, Evaluation, ViewHead, classify_frames
 from cv.model import (
-    EMBEDDING_DIM,
     INPUT_SIZE,
     MEAN,
     STD,
@@ -47,6 +46,7 @@ from cv.model import (
     load_backbone,
     sha256_file,
 )
+from cv.predictions import EMBEDDING_DIM
 
 FORMAT = "scanflow-model/1"
 ARCHITECTURE = {"backbone": "mobilenet_v2", "head": "linear", "embedding_dim": EMBEDDING_DIM}

@@ -12,8 +12,9 @@ import numpy as np
 import numpy.typing as npt
 
 from cv.heads import Evaluation, TrainConfig, evaluate, predict, train_head
-from cv.model import EMBEDDING_DIM, LoadedModel, embed_frames
+from cv.model import LoadedModel, embed_frames
 from cv.package import Backbone, write_package
+from cv.predictions import EMBEDDING_DIM
 from cv.viewdata import LabelledFrames, load_image, read_dataset
 
 _CHUNK = 64  # images decoded at once while embedding: bounds memory on big datasets

@@ -28,8 +28,8 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from cv.heads import VIEW_LABELS
 from cv.images import decode_jpeg, encode_jpeg
+from cv.predictions import VIEW_LABELS
 from cv.synthetic import ScanSpec, render_scan
 
 OTHER = "other"

@@ -1,10 +1,13 @@
 """process-scan: one scan video in, a manifest of insights for the doctor out.
 
-load_model → download_scan → extract_frames → run_inference → render_summary
-→ compute_tracking → publish_manifest. The model is checked first, so a bad one fails the
-run before any frame is processed; extract_frames then runs it on the kept frames while the
-video decodes (decoding is the floor), and run_inference stores and summarises what it
-found. The flow only composes; the work is in tasks/ and cv/.
+load_model ∥ (download_scan → extract_frames) → run_inference → render_summary
+→ compute_tracking → publish_manifest. Decoding is the floor, so it starts at once: the
+model loads beside it (load_model is submitted; importing torch and loading the weights take
+~1.5 s on 2 cores), extract_frames runs the model on each kept frame as soon as it is
+loaded, and run_inference stores and summarises what it found. A bad model fails the run
+with model_error before any frame is classified and before anything is published; no module
+this flow imports pulls in torch, so the process reaches the decoder without it. The flow
+only composes; the work is in tasks/ and cv/.
 """
 
 from __future__ import annotations
@@ -14,11 +17,13 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, cast
 
 from prefect import flow, get_run_logger, runtime
 from prefect.artifacts import create_markdown_artifact
 from prefect.context import TagsContext
+from prefect.futures import PrefectFuture
+from prefect.utilities.annotations import quote
 from pydantic import Field
 
 from cv.errors import ScanError
@@ -28,6 +33,7 @@ from tasks.download import download_scan
 from tasks.frames import extract_frames
 from tasks.inference import load_model, run_inference
 from tasks.manifest import Artifacts, Manifest, artifact_key, publish_manifest
+from tasks.models import ModelInfo
 from tasks.options import ID_PATTERN, ScanOptions
 from tasks.storage import join
 from tasks.summary import render_summary
@@ -86,8 +92,7 @@ def process_scan(
     timings: dict[str, float] = {}
     with _untagged_tasks():
         try:
-            with _timed(timings, "load_model"):
-                model = load_model(options.model, options.device, str(settings.models_dir))
+            loading = _load_model_beside(options, str(settings.models_dir), timings)
             with _timed(timings, "download_scan"):
                 video = download_scan(
                     video_uri,
@@ -99,8 +104,15 @@ def process_scan(
                 )
             with _timed(timings, "extract_frames"):
                 frames = extract_frames(
-                    video.local_path, scan_uri, str(work), options, model, str(settings.models_dir)
+                    video.local_path,
+                    scan_uri,
+                    str(work),
+                    options,
+                    # quoted, Prefect passes the future on instead of waiting for it
+                    cast("PrefectFuture[ModelInfo]", quote(loading)),
+                    str(settings.models_dir),
                 )
+            model = loading.result()  # raises the load's model_error, if extract_frames did not
             if frames.inference is not None:  # the model ran while decoding: part of the above
                 timings["inference_while_decoding"] = frames.inference.seconds
             with _timed(timings, "run_inference"):
@@ -158,6 +170,18 @@ def process_scan(
             raise
         finally:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _load_model_beside(
+    options: ScanOptions, cache_dir: str, timings: dict[str, float]
+) -> PrefectFuture[ModelInfo]:
+    """Submit load_model to the flow's thread pool; its time goes in ``timings`` when done."""
+    start = time.perf_counter()
+    loading = load_model.submit(options.model, options.device, cache_dir)
+    loading.add_done_callback(
+        lambda _: timings.__setitem__("load_model", round(time.perf_counter() - start, 4))
+    )
+    return loading
 
 
 def _report_failure(scan_id: str, exc: ScanError) -> None:

@@ -2,8 +2,14 @@
 
 Decoding is the pipeline's floor, so the work on kept frames rides on it: while the video
 decodes, kept frames are JPEG-encoded and stored by two threads and, when the flow passes
-the run's model, classified by a third (cv.heads.StreamingClassifier). Each is fed through
-a bounded queue, so memory does not grow with the length of the scan.
+the run's model, classified by a third (cv.streaming.StreamingClassifier). Each is fed
+through a bounded queue, so memory does not grow with the length of the scan.
+
+The model may still be loading when decoding starts (the flow submits load_model beside
+this task and hands over its future): the classifier's thread waits for it, and the kept
+frames that decode meanwhile wait in memory (bounded) to be classified and stored. Nothing
+is stored before the model has loaded, so a model that fails to load fails this task with
+its model_error having published nothing.
 """
 
 from __future__ import annotations
@@ -12,8 +18,11 @@ import json
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import PrefectFuture
 from pydantic import BaseModel
 
 from cv.frames import (
@@ -23,7 +32,6 @@ from cv.frames import (
     probe_video,
     sample_frames,
 )
-from cv.heads import StreamingClassifier
 from cv.images import RGB, decode_jpeg, encode_jpeg
 from cv.quality import (
     Fault,
@@ -33,14 +41,22 @@ from cv.quality import (
     raise_if_rejected,
     scan_faults,
 )
+from cv.streaming import StreamingClassifier
 from tasks.memory import trim_heap
 from tasks.models import ModelInfo, classifier_for, cpu_threads, save_predictions
 from tasks.options import ScanOptions
 from tasks.storage import join, store_for
 
+if TYPE_CHECKING:
+    from cv.heads import Classifier
+
 _IN_FLIGHT = 8  # kept frames being encoded/uploaded at once: bounds memory
 _STREAM_BATCH = 8  # kept frames a batch of the model while decoding
 _TRIM_EVERY = 16  # kept frames between returns of free heap pages (tasks.memory)
+# Kept frames that may wait for the model while it loads (~1.5 s: torch's import and the
+# weights), by their pixels: 48 MiB is 72 frames at 640x360, ~9 s of a 1080p video's
+# decoding at 2 frames kept a second.
+_BACKLOG_BYTES = 48 * 2**20
 
 
 class KeptFrame(BaseModel):
@@ -140,19 +156,21 @@ def _frame_quality_json(qualities: list[FrameQuality], faults: list[Fault]) -> b
     return f'{head}, "rows": [{", ".join(rows)}]}}'.encode()
 
 
-@task(name="extract-frames")
+# No cache key: its inputs may hold the model's future (Prefect hashes inputs for one).
+@task(name="extract-frames", cache_policy=NO_CACHE)
 def extract_frames(
     video_path: str,
     scan_uri: str,
     work_dir: str,
     options: ScanOptions,
-    model: ModelInfo | None = None,
+    model: ModelInfo | PrefectFuture[ModelInfo] | None = None,
     model_cache_dir: str | None = None,
 ) -> FramesResult:
     """Probe and stream-decode the scan; store kept frames; judge the scan's quality.
 
-    With ``model`` (loaded by load_model into this process), also classify every kept
-    frame while decoding goes on; run_inference picks the predictions up.
+    With ``model`` (loaded by load_model into this process, or its future while it loads:
+    pass it as ``quote(future)`` so that Prefect does not wait for it), also classify every
+    kept frame while decoding goes on; run_inference picks the predictions up.
     """
     logger = get_run_logger()
     path = Path(video_path)
@@ -173,16 +191,34 @@ def extract_frames(
     pending: list[Future[str]] = []
     threads: int | None = None
     classify: StreamingClassifier | None = None
+    in_flight = _IN_FLIGHT
     if model is not None:
-        clf = classifier_for(model, model_cache_dir or ".")
-        if clf.backbone.device.type == "cpu":
-            # the decoder keeps most cores busy; the model takes what is left
-            threads = max(1, cpu_threads() // 2)
+        loading = model
+
+        def load() -> Classifier:
+            chosen = loading if isinstance(loading, ModelInfo) else loading.result()
+            return classifier_for(chosen, model_cache_dir or ".")
+
+        # the decoder keeps most cores busy; the model takes what is left (on a GPU,
+        # torch's CPU threads are all but idle)
+        threads = max(1, cpu_threads() // 2)
+        side = max(info.width, info.height)
+        scale = min(1.0, options.max_side / side) if side else 1.0
+        frame_bytes = max(1, int(info.width * scale) * int(info.height * scale) * 3)
+        # while the model loads, kept frames wait to be stored as well as classified
+        in_flight = max(_IN_FLIGHT, min(256, _BACKLOG_BYTES // frame_bytes))
         # small batches: the model's activations are the largest transient allocation of
         # the stage, and throughput on CPU is the same from 8 frames a batch
-        classify = StreamingClassifier(clf, min(options.batch_size, _STREAM_BATCH), threads)
+        classify = StreamingClassifier(
+            load,
+            min(options.batch_size, _STREAM_BATCH),
+            threads,
+            backlog=in_flight,
+        )
 
     def publish(local: Path, uri: str, frame: SampledFrame) -> str:
+        if classify is not None:
+            classify.wait_loaded()  # a bad model fails the run before anything is stored
         data = encode_jpeg(frame.rgb)
         local.write_bytes(data)
         return store.put_bytes(uri, data, "image/jpeg")
@@ -202,7 +238,7 @@ def extract_frames(
                 classify.push(frame.rgb)
             if len(sampled) % _TRIM_EVERY == 0:
                 trim_heap()
-            while sum(not f.done() for f in pending) >= _IN_FLIGHT:
+            while sum(not f.done() for f in pending) >= in_flight:
                 next(f for f in pending if not f.done()).result()
 
         decoded = sample_frames(
@@ -219,11 +255,13 @@ def extract_frames(
         if classify is not None and model is not None:
             predictions = Path(work_dir) / "predictions.npz"
             save_predictions(classify.finish(), predictions)
+            chosen = model if isinstance(model, ModelInfo) else model.result()
+            on_cpu = classify.model is not None and classify.model.backbone.device.type == "cpu"
             ahead = InferenceWhileDecoding(
                 path=str(predictions),
-                model_sha256=model.sha256,
+                model_sha256=chosen.sha256,
                 seconds=round(classify.busy_s, 4),
-                threads=threads,
+                threads=threads if on_cpu else None,
             )
     qualities = decoded.qualities
     for warning in decoded.warnings:

@@ -1,4 +1,4 @@
-"""load_model and run_inference: the run's model, checked before any frame is processed,
+"""load_model and run_inference: the run's model, checked before any frame is classified,
 then embeddings and per-frame views of the kept frames.
 
 The model is loaded once per process (``load_model`` loads it; ``extract_frames`` and
@@ -7,11 +7,14 @@ process that uses the same package on the same device. The flow has ``extract_fr
 the model on each kept frame while the video is still decoding; ``run_inference`` then
 stores and summarises those predictions, and computes them itself only when it was given
 frames without them.
+
+Importing this module does not import torch; running load_model does. The flow submits
+load_model beside extract_frames, so that importing torch and loading the weights (~1.5 s
+on 2 cores) happen while the video decodes, not before.
 """
 
 from __future__ import annotations
 
-import functools
 import io
 import json
 import time
@@ -23,20 +26,14 @@ import numpy as np
 from prefect import get_run_logger, task
 from pydantic import BaseModel, Field
 
-from cv.heads import classify_frames, view_coverage
 from cv.images import RGB
-from cv.model import LoadedModel, ModelIdentity, load_backbone, pick_device
+from cv.predictions import view_coverage
 from tasks.frames import FramesResult, KeptFrame, load_frame
 from tasks.models import ModelInfo, classifier, classifier_for, cpu_threads, load_predictions
 from tasks.options import ModelRef
-from tasks.registry import BACKBONE_IDENTITY, choose_model, installed_backbone
 from tasks.storage import join, store_for
 
 __all__ = ["ModelInfo", "cpu_threads", "load_model", "run_inference"]
-
-# The backbone alone, under the names issue 2 gave it (tests/cv, bench/orchestration.py).
-DEFAULT_MODEL = BACKBONE_IDENTITY
-_default_weights = installed_backbone
 
 MIN_VIEW_CONFIDENCE = 0.5
 
@@ -65,6 +62,8 @@ class InferenceResult(BaseModel):
 @task(name="load-model")
 def load_model(pinned: ModelRef, device: str, cache_dir: str) -> ModelInfo:
     """Choose the run's model, fetch, verify and load it: a bad model fails here."""
+    from tasks.registry import choose_model  # torch: in this task's thread
+
     logger = get_run_logger()
     ref, why = choose_model(pinned)
     clf = classifier(ref, cache_dir, device)
@@ -106,6 +105,8 @@ def run_inference(
         when = "while decoding"
     else:
         n_threads = (threads or cpu_threads()) if clf.backbone.device.type == "cpu" else None
+        from cv.heads import classify_frames
+
         start = time.perf_counter()
         pred = classify_frames(clf, KeptImages(frames.kept), batch_size, n_threads)
         elapsed = time.perf_counter() - start
@@ -180,12 +181,6 @@ class KeptImages(Sequence[RGB]):
         if isinstance(i, slice):
             return [load_frame(f) for f in self.kept[i]]
         return load_frame(self.kept[i])
-
-
-@functools.cache
-def _load(weights: Path, identity: ModelIdentity, device: str) -> LoadedModel:
-    """The backbone alone, loaded once per process (for benchmarks and tools)."""
-    return load_backbone(weights, identity, pick_device(device))
 
 
 def load_embeddings(uri: str) -> np.ndarray:

@@ -1,5 +1,9 @@
 """The run's model in this process: what the manifest records of it, and the loaded
-classifier, cached so that every task and every run in the process shares one copy."""
+classifier, cached so that every task and every run in the process shares one copy.
+
+Importing this module does not import torch (loading a model does): the flow starts
+decoding while its model loads.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +11,16 @@ import functools
 import math
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydantic import BaseModel, Field
 
-from cv.heads import Classifier, FramePredictions
-from cv.model import pick_device
+from cv.predictions import FramePredictions
 from tasks.options import ModelRef
-from tasks.registry import load_package
+
+if TYPE_CHECKING:
+    from cv.heads import Classifier
 
 
 class ModelInfo(BaseModel):
@@ -53,6 +59,9 @@ def cpu_threads() -> int:
 def _classifier(
     ref: tuple[str, str, str | None, str | None], cache_dir: str, device: str
 ) -> Classifier:
+    from cv.model import pick_device
+    from tasks.registry import load_package
+
     uri, sha256, name, version = ref
     return load_package(
         ModelRef(uri=uri, sha256=sha256, name=name, version=version),
@@ -69,6 +78,8 @@ def _key(ref: ModelRef) -> tuple[str, str, str | None, str | None]:
 def classifier(ref: ModelRef, cache_dir: str, device: str) -> Classifier:
     """The package ``ref`` loaded on ``device``, once per process and device ("auto" and
     the device it resolves to are one entry)."""
+    from cv.model import pick_device
+
     return _classifier(_key(ref), cache_dir, str(pick_device(device)))
 
 

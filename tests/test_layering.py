@@ -47,3 +47,19 @@ def test_tasks_do_not_import_flows_or_deployments() -> None:
         if n & {"flows", "deployments"}
     }
     assert not offenders, offenders
+
+
+def test_the_flow_reaches_the_decoder_without_torch() -> None:
+    """Importing torch takes ~1 s of the ~1.5 s a model needs to load; the flow loads the
+    model beside the decoder, which only pays if nothing the flow imports pulls torch in."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, flows.process_scan, flows.cli, tasks.frames, cv.streaming; "
+        "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]", out.stdout[:500]

@@ -6,14 +6,14 @@ import pytest
 import torch
 
 from cv.model import LoadedModel, load_backbone
-from tasks.inference import DEFAULT_MODEL, _default_weights
+from tasks.registry import BACKBONE_IDENTITY, installed_backbone
 
 
 @pytest.fixture(scope="session")
 def weights() -> Path:
-    return _default_weights()
+    return installed_backbone()
 
 
 @pytest.fixture(scope="session")
 def model(weights: Path) -> LoadedModel:
-    return load_backbone(weights, DEFAULT_MODEL, torch.device("cpu"))
+    return load_backbone(weights, BACKBONE_IDENTITY, torch.device("cpu"))

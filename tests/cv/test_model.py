@@ -10,11 +10,11 @@ from cv.errors import ProcessingError, Reason
 from cv.frames import VideoLimits, probe_video, sample_frames
 from cv.model import LoadedModel, ModelIdentity, embed_frames, load_backbone, sha256_file
 from cv.synthetic import SyntheticScan
-from tasks.inference import DEFAULT_MODEL
+from tasks.registry import BACKBONE_IDENTITY
 
 
 def test_packaged_weights_match_their_recorded_hash(weights: Path) -> None:
-    assert sha256_file(weights) == DEFAULT_MODEL.sha256
+    assert sha256_file(weights) == BACKBONE_IDENTITY.sha256
 
 
 def test_embeddings_are_unit_vectors_and_batch_independent(model: LoadedModel) -> None:
@@ -66,7 +66,7 @@ def test_truncated_or_foreign_weights_are_a_model_error(tmp_path: Path, weights:
 
 def test_missing_weights_are_a_model_error(tmp_path: Path) -> None:
     with pytest.raises(ProcessingError) as err:
-        load_backbone(tmp_path / "none.pth", DEFAULT_MODEL, torch.device("cpu"))
+        load_backbone(tmp_path / "none.pth", BACKBONE_IDENTITY, torch.device("cpu"))
     assert err.value.reason is Reason.MODEL_ERROR
 
 
@@ -74,6 +74,6 @@ def test_missing_weights_are_a_model_error(tmp_path: Path) -> None:
 def test_cuda_embeddings_match_cpu(weights: Path) -> None:
     rng = np.random.default_rng(1)
     frames = [rng.integers(0, 255, (224, 224, 3), dtype=np.uint8) for _ in range(8)]
-    cpu = embed_frames(load_backbone(weights, DEFAULT_MODEL, torch.device("cpu")), frames)
-    gpu = embed_frames(load_backbone(weights, DEFAULT_MODEL, torch.device("cuda")), frames)
+    cpu = embed_frames(load_backbone(weights, BACKBONE_IDENTITY, torch.device("cpu")), frames)
+    gpu = embed_frames(load_backbone(weights, BACKBONE_IDENTITY, torch.device("cuda")), frames)
     assert float(np.mean(np.sum(cpu * gpu, axis=1))) > 0.99  # bf16 autocast on CUDA

@@ -1,5 +1,6 @@
 """process-scan and its model: the default, a promoted one, a pinned one, and bad ones that
-fail the run with model_error before any frame is processed (real Prefect server)."""
+fail the run with model_error before any frame is classified or stored (real Prefect
+server)."""
 
 from __future__ import annotations
 
@@ -34,14 +35,15 @@ def _manifest(uri: str) -> Manifest:
     return Manifest.model_validate_json(Path(uri.removeprefix("file://")).read_text())
 
 
-async def _task_names(flow_run_id: str) -> list[str]:
+async def _task_states(flow_run_id: str) -> dict[str, str]:
+    """Task run name (without its suffix) → the name of its final state."""
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     async with get_client() as client:
         runs = await client.read_task_runs(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
         )
-    return [r.name for r in runs]
+    return {r.name.rsplit("-", 1)[0]: r.state.name if r.state else "?" for r in runs}
 
 
 def test_default_model_names_views_next_to_the_embeddings(
@@ -106,7 +108,7 @@ def _truncate(package: Path, dst: Path) -> tuple[Path, str]:
 
 
 @pytest.mark.parametrize("defect", ["wrong_hash", "truncated", "wrong_architecture", "no_labels"])
-def test_a_bad_model_fails_the_run_before_any_frame_is_processed(
+def test_a_bad_model_fails_the_run_before_any_frame_is_classified_or_stored(
     defect: str,
     good_scan: SyntheticScan,
     results_dir: Path,
@@ -140,9 +142,10 @@ def test_a_bad_model_fails_the_run_before_any_frame_is_processed(
     )
     assert state.is_failed()
     assert (state.message or "").count("[model_error]") >= 1, state.message
-    # nothing was decoded or stored: the run stopped at load-model
+    # decoding started beside the load, but nothing was stored: the stage waited for the
+    # model, and failed with its error; no later stage ran
     assert not (results_dir / "patient-m3" / f"bad-{defect}".replace("_", "-")).exists()
-    run_id = str(state.state_details.flow_run_id)
-    names = asyncio.run(_task_names(run_id))
-    assert any(n.startswith("load-model") for n in names)
-    assert not any(n.startswith(("download-scan", "extract-frames")) for n in names), names
+    tasks = asyncio.run(_task_states(str(state.state_details.flow_run_id)))
+    assert tasks.get("load-model") == "Failed", tasks
+    assert tasks.get("extract-frames") in (None, "Failed"), tasks
+    assert not {"run-inference", "render-summary", "publish-manifest"} & set(tasks), tasks

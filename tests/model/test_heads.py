@@ -5,14 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from cv.heads import (
-    VIEW_LABELS,
-    TrainConfig,
-    evaluate,
-    predict,
-    train_head,
-    view_coverage,
-)
+from cv.heads import TrainConfig, evaluate, predict, train_head
 from cv.model import (
     INPUT_SIZE,
     MobileNetV2,
@@ -22,6 +15,7 @@ from cv.model import (
     to_input,
     torch_threads,
 )
+from cv.predictions import VIEW_LABELS, view_coverage
 from tasks.registry import installed_backbone
 
 

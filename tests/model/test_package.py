@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import zipfile
 from collections.abc import Callable
@@ -11,10 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from cv.errors import ProcessingError, Reason
-from cv.heads import VIEW_LABELS, ViewHead, classify_frames
+from cv.errors import ProcessingError, Reason, ScanError
+from cv.heads import Classifier, ViewHead, classify_frames
 from cv.model import ModelIdentity, sha256_file
 from cv.package import open_package
+from cv.predictions import VIEW_LABELS
 from cv.synthetic import ScanSpec, render_scan
 from cv.viewdata import read_dataset
 from tasks.options import ModelRef
@@ -194,14 +196,14 @@ def test_streaming_classifier_matches_the_batch_call_and_stays_bounded(tmp_path:
 
     import av
 
-    from cv.heads import StreamingClassifier
+    from cv.streaming import StreamingClassifier
 
     model = load_package(DEFAULT_PACKAGE, tmp_path / "cache", CPU)
     scan = render_scan(tmp_path / "s.mp4", ScanSpec(seed=9, duration_s=4.2, fps=5.0))
     with av.open(str(scan.path)) as c:
         frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
     expected = classify_frames(model, frames, batch_size=4)
-    with StreamingClassifier(model, batch_size=4) as stream:
+    with StreamingClassifier(lambda: model, batch_size=4) as stream:
         for rgb in frames:
             stream.push(rgb)
             assert stream._queue.qsize() <= 8
@@ -209,19 +211,56 @@ def test_streaming_classifier_matches_the_batch_call_and_stays_bounded(tmp_path:
     assert len(frames) % 4 != 0  # the last, partial batch is classified too
     np.testing.assert_array_equal(got.views, expected.views)
     np.testing.assert_allclose(got.embeddings, expected.embeddings, atol=1e-5)
-    assert stream.busy_s > 0
+    assert stream.busy_s > 0 and stream.model is model
 
     # a model that fails: the error reaches push or finish, and nothing hangs
-    broken = StreamingClassifier(model, batch_size=2)
-    broken.model = None  # type: ignore[assignment]
-    with pytest.raises(AttributeError), broken:
+    broken = StreamingClassifier(lambda: dataclasses.replace(model, head=None), batch_size=2)
+    with pytest.raises(TypeError), broken:
         for rgb in frames * 5:
             broken.push(rgb)
         broken.finish()
     assert not any(t.name == "classify" and t.is_alive() for t in threading.enumerate())
 
     # leaving early (decoding failed) stops the thread
-    with pytest.raises(RuntimeError), StreamingClassifier(model, batch_size=4) as early:
+    with pytest.raises(RuntimeError), StreamingClassifier(lambda: model, batch_size=4) as early:
         early.push(frames[0])
         raise RuntimeError("decoding failed")
     assert not early._thread.is_alive()
+
+
+def test_streaming_classifier_takes_frames_while_its_model_loads(tmp_path: Path) -> None:
+    """While the model loads, decoded frames wait in the backlog (the decoder is not held
+    up); then they are classified in order. A model that fails to load fails the stream
+    with its model_error, at the producer's next push or at finish."""
+    import threading
+
+    from cv.streaming import StreamingClassifier
+
+    model = load_package(DEFAULT_PACKAGE, tmp_path / "cache", CPU)
+    rng = np.random.default_rng(3)
+    frames = [rng.integers(0, 255, (90, 160, 3), np.uint8) for _ in range(20)]
+    loaded = threading.Event()
+
+    def slow_load() -> Classifier:
+        assert loaded.wait(30)
+        return model
+
+    with StreamingClassifier(slow_load, batch_size=4, backlog=24) as stream:
+        for rgb in frames:
+            stream.push(rgb)  # 20 frames, backlog 24: no push waits for the load
+        assert stream._queue.qsize() == 20 and stream.model is None
+        loaded.set()
+        got = stream.finish()
+    expected = classify_frames(model, frames, batch_size=4)
+    np.testing.assert_array_equal(got.views, expected.views)
+
+    def bad_load() -> Classifier:
+        raise ScanError(Reason.MODEL_ERROR, "the package's sha256 does not match")
+
+    bad = StreamingClassifier(bad_load, batch_size=4)
+    with pytest.raises(ScanError) as err, bad:
+        for rgb in frames:
+            bad.push(rgb)
+        bad.finish()
+    assert err.value.reason is Reason.MODEL_ERROR
+    assert not bad._thread.is_alive()
