@@ -122,6 +122,7 @@ def cmd_process(args: argparse.Namespace, settings: Settings, stack: LocalStack)
     if _point_prefect_at(stack):
         stack.start_server()
     from prefect import tags
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
     from flows.process_scan import process_scan
     from tasks.options import ScanOptions
@@ -129,7 +130,11 @@ def cmd_process(args: argparse.Namespace, settings: Settings, stack: LocalStack)
     uri = _to_uri(args.video)
     _allow_input(settings, uri)
     options = ScanOptions.model_validate_json(args.options) if args.options else None
-    with tags("scanflow", "cli"):
+    # A run called in this process sends no heartbeats: only deployment runs are watched
+    # for missed ones (deployments/automations.py), and Prefect's heartbeat thread sleeps
+    # in 1 s steps, so joining it would hold the run's end up to a second.
+    no_heartbeats = temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
+    with tags("scanflow", "cli"), no_heartbeats:
         state = process_scan(
             scan_id=args.scan_id or _default_scan_id(uri),
             patient_id=args.patient_id,

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -88,3 +89,33 @@ def test_command_line_process_and_submit(local_stack, good_scan: SyntheticScan) 
     assert again.stdout.splitlines()[0] == sub.stdout.splitlines()[0]  # same run id
     bad = _cli("process", "/nonexistent/scan.mp4", "--patient-id", "cli-1")
     assert bad.returncode == 1 and "[not_found]" in bad.stderr
+    # heartbeats: the deployment's run sends them (the missed-heartbeats automation watches
+    # it); the run called in the command's own process sends none (nothing watches it, and
+    # joining Prefect's heartbeat thread would hold its end up to a second)
+    manifest = Path(out.stdout.strip().removeprefix("file://"))
+    in_process = json.loads(manifest.read_text())["flow_run_id"]
+    deployed = sub.stdout.splitlines()[0].split()[0]
+    deadline = time.monotonic() + 30
+    while not _heartbeats(deployed) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _heartbeats(deployed), "the deployment run sent no heartbeat"
+    assert _heartbeats(in_process) == 0
+
+
+def _heartbeats(flow_run_id: str) -> int:
+    import httpx
+    from prefect.settings import PREFECT_API_URL
+
+    page = httpx.post(
+        f"{PREFECT_API_URL.value()}/events/filter",
+        json={
+            "filter": {
+                "event": {"name": ["prefect.flow-run.heartbeat"]},
+                "resource": {"id": [f"prefect.flow-run.{flow_run_id}"]},
+            },
+            "limit": 50,
+        },
+        timeout=30,
+    )
+    page.raise_for_status()
+    return int(page.json()["total"])
