@@ -11,7 +11,7 @@ from __future__ import annotations
 import heapq
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from cv.errors import Reason, RejectedScan
-from cv.quality import FrameQuality, LumaAnalyzer
+from cv.quality import FrameQualities, FrameQuality, LumaAnalyzer
 
 RGBFrame = npt.NDArray[np.uint8]
 
@@ -53,7 +53,7 @@ class VideoInfo:
 class DecodeResult:
     """What decoding saw: every frame's quality, and damage it got through."""
 
-    qualities: list[FrameQuality]
+    qualities: FrameQualities
     warnings: tuple[str, ...] = ()
 
 
@@ -299,7 +299,7 @@ class _Sampler:
         self.sample_fps, self.max_side, self.on_frame = sample_fps, max_side, on_frame
         self.max_frames = int(limits.max_duration_s * limits.max_fps) + 1
         self.analyzer = LumaAnalyzer()
-        self.qualities: list[FrameQuality] = []
+        self.qualities = FrameQualities()
         self.pending: list[tuple[float, int, av.VideoFrame]] = []  # heap by time
         self.best: tuple[float, av.VideoFrame, FrameQuality] | None = None
         self.window = -1
@@ -387,7 +387,7 @@ class _Sampler:
         return DecodeResult(self.qualities, tuple(warnings))
 
 
-def decoded_duration(qualities: list[FrameQuality], fps: float | None) -> float:
+def decoded_duration(qualities: Sequence[FrameQuality], fps: float | None) -> float:
     """Duration covered by the decoded frames, in seconds."""
     if not qualities:
         return 0.0

@@ -12,6 +12,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -23,6 +24,8 @@ from cv.predictions import EMBEDDING_DIM, FramePredictions
 if TYPE_CHECKING:
     from cv.heads import Classifier
 
+_NONE = np.empty((0, EMBEDDING_DIM), np.float32)  # a batch's embeddings, once spilled
+
 
 class StreamingClassifier:
     """A background thread loads the model (``load``), then takes frames in order from a
@@ -33,6 +36,9 @@ class StreamingClassifier:
     decoder that outruns the model waits for it. A failure, the model's load included,
     reaches the producer at its next ``push`` or at ``finish``. Use as a context manager:
     leaving it early (decoding failed) stops the thread.
+
+    With ``spill``, the embeddings (5 KB a frame) go to that file batch by batch instead of
+    staying in memory while the video decodes; ``finish`` maps them back.
     """
 
     def __init__(
@@ -41,11 +47,17 @@ class StreamingClassifier:
         batch_size: int = 16,
         threads: int | None = None,
         backlog: int = 0,
+        after_batch: Callable[[], object] | None = None,
+        spill: Path | None = None,
     ):
         self.batch_size, self.threads = batch_size, threads
         self.model: Classifier | None = None  # once loaded
         self.busy_s = 0.0  # seconds spent in the model
         self._load = load
+        self._after_batch = after_batch
+        self._spill = spill
+        if spill is not None:
+            spill.write_bytes(b"")
         self._queue: queue.Queue[npt.NDArray[np.uint8] | None] = queue.Queue(
             max(2 * batch_size, backlog)
         )
@@ -80,10 +92,15 @@ class StreamingClassifier:
                 np.empty(0, np.int64),
                 np.empty(0, np.float32),
             )
+        views = np.concatenate([p.views for p in self._parts])
+        if self._spill is not None:
+            embeddings: npt.NDArray[np.float32] = np.memmap(
+                self._spill, np.float32, "r", shape=(len(views), EMBEDDING_DIM)
+            )
+        else:
+            embeddings = np.concatenate([p.embeddings for p in self._parts])
         return FramePredictions(
-            np.concatenate([p.embeddings for p in self._parts]),
-            np.concatenate([p.views for p in self._parts]),
-            np.concatenate([p.confidence for p in self._parts]),
+            embeddings, views, np.concatenate([p.confidence for p in self._parts])
         )
 
     def __enter__(self) -> StreamingClassifier:
@@ -121,9 +138,16 @@ class StreamingClassifier:
                         batch.append(rgb)
                     if batch and (rgb is None or len(batch) == self.batch_size):
                         start = time.perf_counter()
-                        self._parts.append(classify_frames(model, batch, self.batch_size))
+                        part = classify_frames(model, batch, self.batch_size)
+                        if self._spill is not None:
+                            with self._spill.open("ab") as f:
+                                f.write(part.embeddings.tobytes())
+                            part = FramePredictions(_NONE, part.views, part.confidence)
+                        self._parts.append(part)
                         self.busy_s += time.perf_counter() - start
                         batch = []
+                        if self._after_batch is not None:
+                            self._after_batch()
                     if rgb is None:
                         return
         except BaseException as exc:  # noqa: BLE001 - handed to the producer

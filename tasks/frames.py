@@ -15,6 +15,7 @@ its model_error having published nothing.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from pathlib import Path
@@ -51,7 +52,7 @@ if TYPE_CHECKING:
     from cv.heads import Classifier
 
 _IN_FLIGHT = 8  # kept frames being encoded/uploaded at once: bounds memory
-_STREAM_BATCH = 8  # kept frames a batch of the model while decoding
+_STREAM_BATCH = 4  # kept frames a batch of the model while decoding
 _TRIM_EVERY = 16  # kept frames between returns of free heap pages (tasks.memory)
 # Kept frames that may wait for the model while it loads (~1.5 s: torch's import and the
 # weights), by their pixels: 48 MiB is 72 frames at 640x360, ~9 s of a 1080p video's
@@ -115,6 +116,18 @@ class FramesResult(BaseModel):
     inference: InferenceWhileDecoding | None = None
 
 
+def _settle(pending: list[Future[str]]) -> None:
+    """Drop the stores that are done, raising the first that failed: the list stays as short
+    as the frames in flight, not as long as the scan."""
+    still = []
+    for f in pending:
+        if f.done():
+            f.result()
+        else:
+            still.append(f)
+    pending[:] = still
+
+
 def load_frame(frame: KeptFrame) -> RGB:
     """A kept frame's pixels: from this run's local copy, else from the store."""
     local = Path(frame.local_path)
@@ -134,7 +147,7 @@ FRAME_QUALITY_COLUMNS = [
 ]
 
 
-def _frame_quality_json(qualities: list[FrameQuality], faults: list[Fault]) -> bytes:
+def _frame_quality_json(qualities: Sequence[FrameQuality], faults: list[Fault]) -> bytes:
     """frame_quality.json, one row a decoded frame, written row by row: a 10-minute scan's
     18,000 rows as nested lists would cost several times the text."""
     rows = (
@@ -214,6 +227,8 @@ def extract_frames(
             min(options.batch_size, _STREAM_BATCH),
             threads,
             backlog=in_flight,
+            after_batch=trim_heap,
+            spill=Path(work_dir) / "embeddings.f32",
         )
 
     def publish(local: Path, uri: str, frame: SampledFrame) -> str:
@@ -238,8 +253,10 @@ def extract_frames(
                 classify.push(frame.rgb)
             if len(sampled) % _TRIM_EVERY == 0:
                 trim_heap()
-            while sum(not f.done() for f in pending) >= in_flight:
-                next(f for f in pending if not f.done()).result()
+            _settle(pending)
+            while len(pending) >= in_flight:
+                pending[0].result()
+                _settle(pending)
 
         decoded = sample_frames(
             path,

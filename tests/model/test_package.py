@@ -213,6 +213,16 @@ def test_streaming_classifier_matches_the_batch_call_and_stays_bounded(tmp_path:
     np.testing.assert_allclose(got.embeddings, expected.embeddings, atol=1e-5)
     assert stream.busy_s > 0 and stream.model is model
 
+    # with the embeddings spilled to a file while decoding: the same predictions
+    spill = tmp_path / "emb.f32"
+    with StreamingClassifier(lambda: model, batch_size=4, spill=spill) as spilled:
+        for rgb in frames:
+            spilled.push(rgb)
+        got_spilled = spilled.finish()
+    assert spill.stat().st_size == len(frames) * got.embeddings.shape[1] * 4
+    np.testing.assert_array_equal(got_spilled.embeddings, got.embeddings)
+    np.testing.assert_array_equal(got_spilled.views, got.views)
+
     # a model that fails: the error reaches push or finish, and nothing hangs
     broken = StreamingClassifier(lambda: dataclasses.replace(model, head=None), batch_size=2)
     with pytest.raises(TypeError), broken:
