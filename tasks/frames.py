@@ -116,6 +116,11 @@ class FramesResult(BaseModel):
     inference: InferenceWhileDecoding | None = None
 
 
+def _model_info(model: ModelInfo | PrefectFuture[ModelInfo]) -> ModelInfo:
+    """The run's model, waiting for load_model when it is still loading."""
+    return model if isinstance(model, ModelInfo) else model.result()
+
+
 def _settle(pending: list[Future[str]]) -> None:
     """Drop the stores that are done, raising the first that failed: the list stays as short
     as the frames in flight, not as long as the scan."""
@@ -209,8 +214,7 @@ def extract_frames(
         loading = model
 
         def load() -> Classifier:
-            chosen = loading if isinstance(loading, ModelInfo) else loading.result()
-            return classifier_for(chosen, model_cache_dir or ".")
+            return classifier_for(_model_info(loading), model_cache_dir or ".")
 
         # the decoder keeps most cores busy; the model takes what is left (on a GPU,
         # torch's CPU threads are all but idle)
@@ -272,7 +276,7 @@ def extract_frames(
         if classify is not None and model is not None:
             predictions = Path(work_dir) / "predictions.npz"
             save_predictions(classify.finish(), predictions)
-            chosen = model if isinstance(model, ModelInfo) else model.result()
+            chosen = _model_info(model)
             on_cpu = classify.model is not None and classify.model.backbone.device.type == "cpu"
             ahead = InferenceWhileDecoding(
                 path=str(predictions),
