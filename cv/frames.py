@@ -222,6 +222,15 @@ def _to_rgb(frame: av.VideoFrame, max_side: int) -> RGBFrame:
     return _upright(rgb, int(getattr(frame, "rotation", 0) or 0))
 
 
+def _threaded(stream: av.VideoStream, threads: int) -> None:
+    # Frame threading where the codec has it (H.264, HEVC), slice threading otherwise.
+    # PyAV's default is slice threading alone, which parallelises nothing on a video with
+    # one slice per frame (what phones and ffmpeg's x264 write): the decoder then runs on
+    # the calling thread, taking turns with the quality analysis instead of beside it.
+    stream.thread_type = "AUTO"
+    stream.thread_count = threads
+
+
 def sample_frames(
     path: Path,
     info: VideoInfo,
@@ -230,6 +239,7 @@ def sample_frames(
     sample_fps: float,
     max_side: int,
     on_frame: Callable[[SampledFrame], None],
+    decoder_threads: int = 0,
 ) -> DecodeResult:
     """Stream-decode a scan, keeping the sharpest frame of every 1/sample_fps window.
 
@@ -243,6 +253,8 @@ def sample_frames(
         sample_fps: kept frames per second of video.
         max_side: longest side of a kept RGB frame.
         on_frame: called with every kept frame, in order.
+        decoder_threads: FFmpeg's decoding threads; 0 lets FFmpeg choose (the cores it
+            can see, plus one: in a container with a CPU quota, pass the quota's).
     Returns:
         FrameQuality of every decoded frame, and warnings about damage that decoding
         survived (timestamps going backwards, frames the decoder flagged corrupt).
@@ -260,6 +272,7 @@ def sample_frames(
             ctx = stream.codec_context
             # the same bound while decoding: a later parameter set can change the frame size
             ctx.options = {**ctx.options, **_decoder_options(limits)}
+            _threaded(stream, decoder_threads)
             for frame in container.decode(stream):
                 sampler.push(frame)
             sampler.finish()

@@ -269,6 +269,8 @@ def extract_frames(
             sample_fps=options.sample_fps,
             max_side=options.max_side,
             on_frame=on_frame,
+            # FFmpeg's own choice (cores + 1) but for the cores this process may use
+            decoder_threads=cpu_threads() + 1,
         )
         for f in pending:
             f.result()
