@@ -8,10 +8,12 @@ OUT = Path(__file__).resolve().parent / "out"
 
 
 def sample_scan(seconds: float, width: int, height: int, bitrate: int = 16_000_000) -> Path:
-    """A 30 fps scan with a run of blurred and of dark frames, at ``bitrate`` bits/s."""
+    """A 30 fps scan with a run of blurred and of dark frames, at ``bitrate`` bits/s,
+    one slice a frame as phones write it (a sliced file decodes in parallel more easily)."""
     from cv.synthetic import ScanSpec, render_scan
 
-    path = OUT / f"scan-{width}x{height}-{seconds:g}s-{bitrate // 1000}k.mp4"
+    # "1slice": encoded as phones do, one slice a frame (earlier samples were sliced)
+    path = OUT / f"scan-{width}x{height}-{seconds:g}s-{bitrate // 1000}k-1slice.mp4"
     if not path.is_file():
         OUT.mkdir(parents=True, exist_ok=True)
         print(f"rendering {path.name} (once) ...", flush=True)
@@ -26,6 +28,7 @@ def sample_scan(seconds: float, width: int, height: int, bitrate: int = 16_000_0
                 bitrate=bitrate,
                 blurred=frozenset(range(100, 130)),
                 dark=frozenset(range(400, 420)),
+                one_slice=True,
             ),
         )
     return path

@@ -21,6 +21,8 @@ class H264Writer:
     Use as a context manager; frames must all be ``height x width x 3`` uint8 with even
     sides. ``codec="libx265"`` writes HEVC instead (phones record it; browsers may not
     play it, so summaries stay H.264). Pass ``time_s`` to ``write`` for variable frame rate.
+    PyAV's encoder threads cut every frame into slices, which decoders can share out in a
+    way that most real uploads do not allow; ``one_slice`` writes them as phones do.
     """
 
     def __init__(
@@ -35,6 +37,7 @@ class H264Writer:
         bitrate: int | None = None,
         rotation: int = 0,
         codec: str = "libx264",
+        one_slice: bool = False,
     ) -> None:
         if width % 2 or height % 2:
             raise ValueError(f"yuv420p needs even sides, got {width}x{height}")
@@ -52,6 +55,9 @@ class H264Writer:
         else:
             options["crf"] = str(crf)
         stream.options = options  # type: ignore[assignment]
+        if one_slice:
+            # the encoder's frame threads: one slice a frame, as phones and ffmpeg write
+            stream.thread_type = "FRAME"
         if rotation:
             stream.set_display_rotation(rotation)
         self._stream = stream

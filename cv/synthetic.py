@@ -48,6 +48,7 @@ class ScanSpec:
     rotation: int = 0  # display rotation written in the container, like a phone held sideways
     bitrate: int | None = None  # bits per second; None = constant quality
     codec: str = "libx264"  # or "libx265" (HEVC, as many phones record)
+    one_slice: bool = False  # one slice a frame, as phones write (cv.encode.H264Writer)
     vfr: bool = False  # variable frame rate: intervals alternate 0.5/fps and 1.5/fps
     camera_seed: int | None = None  # another camera path over the same mouth
 
@@ -215,6 +216,7 @@ def render_scan(path: Path, spec: ScanSpec) -> SyntheticScan:
         bitrate=spec.bitrate,
         rotation=spec.rotation,
         codec=spec.codec,
+        one_slice=spec.one_slice,
     ) as writer:
         for frame, t in _frames(spec, canvas, view_w):
             writer.write(frame, t.time_s if spec.vfr else None)
