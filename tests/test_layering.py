@@ -63,3 +63,24 @@ def test_the_flow_reaches_the_decoder_without_torch() -> None:
         [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "[]", out.stdout[:500]
+
+
+def test_loading_and_running_the_model_does_not_import_sympy() -> None:
+    """torch imports sympy (~0.4 s, in the model's load beside the decoder) only for
+    symbolic shapes, which a module built on the meta device pulls in; ours are not."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, tempfile, numpy as np\n"
+        "from tasks.registry import DEFAULT_PACKAGE\n"
+        "from tasks.models import classifier\n"
+        "from cv.heads import classify_frames\n"
+        "clf = classifier(DEFAULT_PACKAGE, tempfile.mkdtemp(), 'cpu')\n"
+        "classify_frames(clf, [np.zeros((360, 640, 3), np.uint8)] * 2, 2)\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'sympy')[:5])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]", out.stdout[:500]
