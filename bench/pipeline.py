@@ -5,7 +5,8 @@
 
 1. Speed: a 60 s 1080p30 synthetic scan at ~16 Mbit/s (rendered once into bench/out/).
    Interleaved, `repeats` times: Debian's `ffmpeg -threads 0 -i scan.mp4 -f null -` (the
-   floor: decoding every frame) and `scanflow process` on the same file through a real
+   floor: decoding every frame), the same with as many threads as the flow's decoder uses
+   (a stricter floor), and `scanflow process` on the same file through a real
    Prefect server, each in its own process. Prints medians, the ratio (target <= 1.5,
    stretch 1.2) and the time of each stage (from the manifest).
 2. Memory: peak RSS of `scanflow process` on the 60 s 1080p scan (target < 1.5 GB), and on a
@@ -112,8 +113,10 @@ def main() -> int:
     )
     os.environ.update(env)
     sys.path.insert(0, str(ROOT))
+    from cv.frames import decoder_threads
     from flows.server import LocalStack
     from flows.settings import Settings
+    from tasks.models import cpu_threads
 
     stack = LocalStack(Settings())
     stack.start_server()
@@ -121,11 +124,17 @@ def main() -> int:
     try:
         video = sample_scan(args.seconds, 1920, 1080, 16_000_000)
         floor_cmd = [ffmpeg, "-v", "error", "-threads", "0", "-i", str(video), "-f", "null", "-"]
+        # the flow decodes with more threads than ffmpeg's default (cv.frames.decoder_threads):
+        # ffmpeg given as many is a stricter floor, printed beside the issue's
+        ours = decoder_threads(cpu_threads())
+        same_cmd = [ffmpeg, "-v", "error", "-threads", str(ours), "-i", str(video)]
+        same_cmd += ["-f", "null", "-"]
         run_measured(floor_cmd, env)  # warm the page cache
         run_measured(scanflow + [str(video), "--scan-id", "warm", "--patient-id", "b"], env)
-        floors, flows, rss, manifests = [], [], [], []
+        floors, sames, flows, rss, manifests = [], [], [], [], []
         for i in range(args.repeats):
             floors.append(run_measured(floor_cmd, env)[0])
+            sames.append(run_measured(same_cmd, env)[0])
             t, peak, out = run_measured(
                 scanflow + [str(video), "--scan-id", f"run-{i}", "--patient-id", "b"], env
             )
@@ -140,6 +149,11 @@ def main() -> int:
         print(f"ffmpeg -threads 0 decode (floor): {floor:.2f} s  {[round(x, 2) for x in floors]}")
         print(f"scanflow process (whole flow):    {flow:.2f} s  {[round(x, 2) for x in flows]}")
         print(f"ratio pipeline / floor: {flow / floor:.3f}   (target <= 1.5, stretch 1.2)")
+        same = statistics.median(sames)
+        print(
+            f"ffmpeg -threads {ours} decode (the flow's thread count): {same:.2f} s  "
+            f"{[round(x, 2) for x in sames]}; ratio pipeline / that: {flow / same:.3f}"
+        )
         m = json.loads(Path(manifests[-1].removeprefix("file://")).read_text())
         print(
             "stages (last run, s): " + ", ".join(f"{k} {v:.2f}" for k, v in m["timings_s"].items())

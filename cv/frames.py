@@ -231,6 +231,19 @@ def _threaded(stream: av.VideoStream, threads: int) -> None:
     stream.thread_count = threads
 
 
+def decoder_threads(cores: int) -> int:
+    """Frame threads for decoding on ``cores`` CPUs: three a core, at most 16.
+
+    Frame threading decodes one frame per thread, and a frame waits for the rows it refers
+    to in the frames before it, so a core often has no frame it can work on. FFmpeg's own
+    choice (cores + 1) left ~15% of 2 cores idle; on a 60 s 1080p scan here, decoding
+    alone took 11.5-12.0 s with 3 threads, 10.3 s with 6, 9.8 s with 12, and the whole
+    extract stage 15.1-15.6 s with 3, 12.7-13.6 s with 6, no better with 8. Each thread
+    holds a frame in decoding (~3 MB at 1080p).
+    """
+    return max(2, min(16, 3 * cores))
+
+
 def sample_frames(
     path: Path,
     info: VideoInfo,

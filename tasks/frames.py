@@ -30,6 +30,7 @@ from cv.frames import (
     SampledFrame,
     VideoInfo,
     decoded_duration,
+    decoder_threads,
     probe_video,
     sample_frames,
 )
@@ -269,8 +270,7 @@ def extract_frames(
             sample_fps=options.sample_fps,
             max_side=options.max_side,
             on_frame=on_frame,
-            # FFmpeg's own choice (cores + 1) but for the cores this process may use
-            decoder_threads=cpu_threads() + 1,
+            decoder_threads=decoder_threads(cpu_threads()),
         )
         for f in pending:
             f.result()
