@@ -11,12 +11,14 @@ from __future__ import annotations
 import heapq
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import av
 import av.error
+import cv2
 import numpy as np
 import numpy.typing as npt
 
@@ -244,6 +246,22 @@ def decoder_threads(cores: int) -> int:
     return max(2, min(16, 3 * cores))
 
 
+@contextmanager
+def opencv_threads(n: int) -> Iterator[None]:
+    """Run the block with OpenCV's thread pool at ``n`` threads (process-wide), then restore.
+
+    While the decoder's threads keep every core busy, OpenCV's pool only adds hand-offs:
+    the quality analysis of a 1080p frame took 1.6-1.8 ms of CPU with 2 threads and 0.94 ms
+    with 1, for the same wall time on an idle machine.
+    """
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(n)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(before)
+
+
 def sample_frames(
     path: Path,
     info: VideoInfo,
@@ -280,7 +298,7 @@ def sample_frames(
     sampler = _Sampler(path, info, limits, sample_fps, max_side, on_frame)
     ctx: av.VideoCodecContext | None = None
     try:
-        with _open(path, limits) as container:
+        with _open(path, limits) as container, opencv_threads(1):
             stream = container.streams.video[0]
             ctx = stream.codec_context
             # the same bound while decoding: a later parameter set can change the frame size

@@ -4,6 +4,7 @@ import time
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 import pytest
 
@@ -184,3 +185,21 @@ def test_decoding_runs_beside_the_caller_on_a_one_slice_video(scans_dir: Path) -
     assert len(decoded.qualities) == 120
     # the caller's share: ~0.2 with frame threads (analysis), ~0.95 with slice threads
     assert caller < 0.5 * process, (caller, process)
+
+
+def test_opencv_runs_on_one_thread_while_decoding(good_scan: SyntheticScan) -> None:
+    """The decoder's threads keep the cores busy: OpenCV's own pool would only add hand-offs
+    (cv.frames.opencv_threads); its setting is restored afterwards."""
+    before = cv2.getNumThreads()
+    seen: list[int] = []
+    limits = VideoLimits()
+    sample_frames(
+        good_scan.path,
+        probe_video(good_scan.path, limits),
+        limits,
+        sample_fps=2.0,
+        max_side=640,
+        on_frame=lambda frame: seen.append(cv2.getNumThreads()),
+    )
+    assert seen and set(seen) == {1}
+    assert cv2.getNumThreads() == before
