@@ -31,9 +31,11 @@ class StreamingClassifier:
     """A background thread loads the model (``load``), then takes frames in order from a
     bounded queue and runs them through it batch by batch.
 
-    The queue holds ``backlog`` frames (at least two batches): enough for the frames that
-    decode while the model loads, and memory stays flat however long the scan, since a
-    decoder that outruns the model waits for it. A failure, the model's load included,
+    While the model loads, the queue holds up to ``backlog`` frames: enough for the frames
+    that decode meanwhile. Once it has loaded, a push waits while two batches are queued:
+    a decoder that outruns the model waits for it, holding no more frames than that, so
+    the peak does not depend on how long the scan is (a long scan would otherwise keep
+    the whole backlog queued, which a short one never fills). A failure, the model's load included,
     reaches the producer at its next ``push`` or at ``finish``. Use as a context manager:
     leaving it early (decoding failed) stops the thread.
 
@@ -58,9 +60,11 @@ class StreamingClassifier:
         self._spill = spill
         if spill is not None:
             spill.write_bytes(b"")
+        self._steady = 2 * batch_size  # frames queued at most once the model has loaded
         self._queue: queue.Queue[npt.NDArray[np.uint8] | None] = queue.Queue(
-            max(2 * batch_size, backlog)
+            max(self._steady, backlog)
         )
+        self._taken = threading.Condition()  # notified whenever the thread takes a frame
         self._parts: list[FramePredictions] = []
         self._error: BaseException | None = None
         self._settled = threading.Event()  # the load ended, well or not
@@ -73,6 +77,11 @@ class StreamingClassifier:
         if self._error is not None:
             raise self._error
         self._queue.put(rgb)
+        if self.model is not None:
+            with self._taken:
+                self._taken.wait_for(
+                    lambda: self._queue.qsize() <= self._steady or self._error is not None
+                )
 
     def wait_loaded(self) -> Classifier:
         """Block until the model has loaded; raise what its load raised."""
@@ -133,7 +142,7 @@ class StreamingClassifier:
             # the thread count once for the whole stream, not set and restored every batch
             with torch_threads(self.threads):
                 while True:
-                    rgb = self._queue.get()
+                    rgb = self._get()
                     if rgb is not None:
                         batch.append(rgb)
                     if batch and (rgb is None or len(batch) == self.batch_size):
@@ -153,5 +162,11 @@ class StreamingClassifier:
         except BaseException as exc:  # noqa: BLE001 - handed to the producer
             self._error = exc
             self._settled.set()
-            while self._queue.get() is not None:  # never leave the producer blocked
+            while self._get() is not None:  # never leave the producer blocked
                 pass
+
+    def _get(self) -> npt.NDArray[np.uint8] | None:
+        rgb = self._queue.get()
+        with self._taken:
+            self._taken.notify_all()
+        return rgb

@@ -259,7 +259,10 @@ def extract_frames(
             if len(sampled) % _TRIM_EVERY == 0:
                 trim_heap()
             _settle(pending)
-            while len(pending) >= in_flight:
+            # the backlog only while the model loads: afterwards a long scan would keep it
+            # full, and peak above a short one
+            loading = classify is not None and classify.model is None
+            while len(pending) >= (in_flight if loading else _IN_FLIGHT):
                 pending[0].result()
                 _settle(pending)
 

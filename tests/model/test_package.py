@@ -264,6 +264,19 @@ def test_streaming_classifier_takes_frames_while_its_model_loads(tmp_path: Path)
     expected = classify_frames(model, frames, batch_size=4)
     np.testing.assert_array_equal(got.views, expected.views)
 
+    # once the model has loaded, a decoder that outruns it holds two batches queued, not
+    # the backlog: a long scan peaks no higher than a short one
+    many = frames * 3
+    with StreamingClassifier(lambda: model, batch_size=4, backlog=24) as steady:
+        steady.wait_loaded()
+        queued = []
+        for rgb in many:
+            steady.push(rgb)
+            queued.append(steady._queue.qsize())
+        got = steady.finish()
+    assert max(queued) <= 8, queued
+    np.testing.assert_array_equal(got.views, np.tile(expected.views, 3))
+
     def bad_load() -> Classifier:
         raise ScanError(Reason.MODEL_ERROR, "the package's sha256 does not match")
 
