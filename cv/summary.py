@@ -64,19 +64,23 @@ def choose_keyframes(
         pool = list(range(len(usable)))
     if not pool:
         return []
-    emb = embeddings[pool]
-    sharp = np.asarray([sharpness[i] for i in pool], np.float64)
+    # Distances over every frame, frames outside the pool masked: indexing the pool out of
+    # the embeddings would copy them (5 KB a kept frame), a peak growing with the scan.
+    outside = np.ones(len(usable), bool)
+    outside[pool] = False
+    sharp = np.zeros(len(usable), np.float64)
+    sharp[pool] = [sharpness[i] for i in pool]
     # A small sharpness bonus breaks ties between equally distant candidates.
     bonus = 0.05 * sharp / max(float(sharp.max()), 1e-9)
-    chosen = [int(np.argmax(sharp))]
-    dist = 1.0 - emb @ emb[chosen[0]]
+    chosen = [int(np.argmax(np.where(outside, -np.inf, sharp)))]
+    dist = np.where(outside, -np.inf, 1.0 - embeddings @ embeddings[chosen[0]])
     while len(chosen) < min(k, len(pool)):
         nxt = int(np.argmax(dist + bonus * (dist > 0)))
         if dist[nxt] <= 1e-6:
             break
         chosen.append(nxt)
-        dist = np.minimum(dist, 1.0 - emb @ emb[nxt])
-    return sorted(pool[c] for c in chosen)
+        dist = np.minimum(dist, 1.0 - embeddings @ embeddings[nxt])
+    return sorted(chosen)
 
 
 def _overlay(rgb: RGB, f: SummaryFrame) -> RGB:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import json
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -114,11 +115,15 @@ def run_inference(
     if len(pred.views) != len(frames.kept):
         raise RuntimeError(f"{len(pred.views)} predictions for {len(frames.kept)} kept frames")
     store = store_for(scan_uri)
-    buf = io.BytesIO()
-    np.save(buf, pred.embeddings)
-    emb_uri = store.put_bytes(
-        join(scan_uri, "embeddings.npy"), buf.getvalue(), "application/octet-stream"
-    )
+    # through a file: np.save into memory and taking its bytes would copy the embeddings
+    # (5 KB a kept frame) twice, a peak that grows with the scan's length
+    with tempfile.TemporaryDirectory(prefix="scanflow-emb-") as tmp:
+        np.save(Path(tmp) / "embeddings.npy", pred.embeddings)
+        emb_uri = store.upload(
+            Path(tmp) / "embeddings.npy",
+            join(scan_uri, "embeddings.npy"),
+            "application/octet-stream",
+        )
     usable = [f.usable for f in frames.kept]
     views_doc = {
         "model": {"name": model.name, "version": model.version, "sha256": model.sha256},
@@ -184,8 +189,17 @@ class KeptImages(Sequence[RGB]):
 
 
 def load_embeddings(uri: str) -> np.ndarray:
-    """Embeddings stored by run_inference."""
-    arr: np.ndarray = np.load(io.BytesIO(store_for(uri).get_bytes(uri)), allow_pickle=False)
+    """Embeddings stored by run_inference: a read-only view over the fetched bytes (np.load
+    from memory would copy them)."""
+    data = store_for(uri).get_bytes(uri)
+    head = io.BytesIO(data)
+    if np.lib.format.read_magic(head) == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(head)
+    else:
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(head)
+    if fortran or dtype.hasobject:
+        return np.asarray(np.load(io.BytesIO(data), allow_pickle=False))
+    arr: np.ndarray = np.frombuffer(data, dtype, offset=head.tell()).reshape(shape)
     return arr
 
 
