@@ -55,9 +55,12 @@ def render_summary(
     info = [
         SummaryFrame(f.time_s, f.sharpness, f.usable, v) for f, v in zip(kept, views, strict=True)
     ]
-    emb = load_embeddings(inference.embeddings_uri)
+    # the embeddings (5 KB a kept frame) are let go before the video's encoder allocates
     key_idx = choose_keyframes(
-        emb, [f.sharpness for f in kept], [f.usable for f in kept], options.keyframes
+        load_embeddings(inference.embeddings_uri),
+        [f.sharpness for f in kept],
+        [f.usable for f in kept],
+        options.keyframes,
     )
     seg_idx = choose_segments(info, int(options.summary_max_s / _SECONDS_PER_FRAME))
     images = {i: load_frame(kept[i]) for i in sorted(set(key_idx) | set(seg_idx))}
