@@ -1,7 +1,7 @@
 """The whole pipeline against the decoding floor, and its memory.
 
     python bench/pipeline.py [--seconds 60] [--repeats 3] [--memory-short 60 --memory-long 600]
-                             [--memory-repeats 3] [--skip-memory]
+                             [--memory-repeats 3] [--skip-memory] [--skip-speed]
 
 1. Speed: a 60 s 1080p30 synthetic scan at ~16 Mbit/s (rendered once into bench/out/).
    Interleaved, `repeats` times: Debian's `ffmpeg -threads 0 -i scan.mp4 -f null -` (the
@@ -95,6 +95,7 @@ def main() -> int:
     ap.add_argument("--memory-long", type=float, default=600.0)
     ap.add_argument("--memory-repeats", type=int, default=3)
     ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--skip-speed", action="store_true", help="only the memory comparison")
     args = ap.parse_args()
     ffmpeg = shutil.which("ffmpeg")
     if ffmpeg is None:
@@ -122,43 +123,59 @@ def main() -> int:
     stack.start_server()
     scanflow = [sys.executable, "-m", "flows.cli", "process"]
     try:
-        video = sample_scan(args.seconds, 1920, 1080, 16_000_000)
-        floor_cmd = [ffmpeg, "-v", "error", "-threads", "0", "-i", str(video), "-f", "null", "-"]
-        # the flow decodes with more threads than ffmpeg's default (cv.frames.decoder_threads):
-        # ffmpeg given as many is a stricter floor, printed beside the issue's
-        ours = decoder_threads(cpu_threads())
-        same_cmd = [ffmpeg, "-v", "error", "-threads", str(ours), "-i", str(video)]
-        same_cmd += ["-f", "null", "-"]
-        run_measured(floor_cmd, env)  # warm the page cache
-        run_measured(scanflow + [str(video), "--scan-id", "warm", "--patient-id", "b"], env)
-        floors, sames, flows, rss, manifests = [], [], [], [], []
-        for i in range(args.repeats):
-            floors.append(run_measured(floor_cmd, env)[0])
-            sames.append(run_measured(same_cmd, env)[0])
-            t, peak, out = run_measured(
-                scanflow + [str(video), "--scan-id", f"run-{i}", "--patient-id", "b"], env
+        if not args.skip_speed:
+            video = sample_scan(args.seconds, 1920, 1080, 16_000_000)
+            floor_cmd = [
+                ffmpeg,
+                "-v",
+                "error",
+                "-threads",
+                "0",
+                "-i",
+                str(video),
+                "-f",
+                "null",
+                "-",
+            ]
+            # the flow decodes with more threads than ffmpeg's default (cv.frames.decoder_threads):
+            # ffmpeg given as many is a stricter floor, printed beside the issue's
+            ours = decoder_threads(cpu_threads())
+            same_cmd = [ffmpeg, "-v", "error", "-threads", str(ours), "-i", str(video)]
+            same_cmd += ["-f", "null", "-"]
+            run_measured(floor_cmd, env)  # warm the page cache
+            run_measured(scanflow + [str(video), "--scan-id", "warm", "--patient-id", "b"], env)
+            floors, sames, flows, rss, manifests = [], [], [], [], []
+            for i in range(args.repeats):
+                floors.append(run_measured(floor_cmd, env)[0])
+                sames.append(run_measured(same_cmd, env)[0])
+                t, peak, out = run_measured(
+                    scanflow + [str(video), "--scan-id", f"run-{i}", "--patient-id", "b"], env
+                )
+                flows.append(t)
+                rss.append(peak)
+                manifests.append(out.strip().splitlines()[-1])
+            floor, flow = statistics.median(floors), statistics.median(flows)
+            print(
+                f"video: {video.name}, {video.stat().st_size / 1e6:.0f} MB, "
+                f"{video.stat().st_size * 8 / args.seconds / 1e6:.1f} Mbit/s, "
+                f"repeats={args.repeats}"
             )
-            flows.append(t)
-            rss.append(peak)
-            manifests.append(out.strip().splitlines()[-1])
-        floor, flow = statistics.median(floors), statistics.median(flows)
-        print(
-            f"video: {video.name}, {video.stat().st_size / 1e6:.0f} MB, "
-            f"{video.stat().st_size * 8 / args.seconds / 1e6:.1f} Mbit/s, repeats={args.repeats}"
-        )
-        print(f"ffmpeg -threads 0 decode (floor): {floor:.2f} s  {[round(x, 2) for x in floors]}")
-        print(f"scanflow process (whole flow):    {flow:.2f} s  {[round(x, 2) for x in flows]}")
-        print(f"ratio pipeline / floor: {flow / floor:.3f}   (target <= 1.5, stretch 1.2)")
-        same = statistics.median(sames)
-        print(
-            f"ffmpeg -threads {ours} decode (the flow's thread count): {same:.2f} s  "
-            f"{[round(x, 2) for x in sames]}; ratio pipeline / that: {flow / same:.3f}"
-        )
-        m = json.loads(Path(manifests[-1].removeprefix("file://")).read_text())
-        print(
-            "stages (last run, s): " + ", ".join(f"{k} {v:.2f}" for k, v in m["timings_s"].items())
-        )
-        print(f"peak RSS, 1080p {args.seconds:g} s: {max(rss) / 2**20:.0f} MiB (target < 1536)")
+            print(
+                f"ffmpeg -threads 0 decode (floor): {floor:.2f} s  {[round(x, 2) for x in floors]}"
+            )
+            print(f"scanflow process (whole flow):    {flow:.2f} s  {[round(x, 2) for x in flows]}")
+            print(f"ratio pipeline / floor: {flow / floor:.3f}   (target <= 1.5, stretch 1.2)")
+            same = statistics.median(sames)
+            print(
+                f"ffmpeg -threads {ours} decode (the flow's thread count): {same:.2f} s  "
+                f"{[round(x, 2) for x in sames]}; ratio pipeline / that: {flow / same:.3f}"
+            )
+            m = json.loads(Path(manifests[-1].removeprefix("file://")).read_text())
+            print(
+                "stages (last run, s): "
+                + ", ".join(f"{k} {v:.2f}" for k, v in m["timings_s"].items())
+            )
+            print(f"peak RSS, 1080p {args.seconds:g} s: {max(rss) / 2**20:.0f} MiB (target < 1536)")
         if not args.skip_memory:
             peaks: dict[float, list[int]] = {args.memory_short: [], args.memory_long: []}
             for i in range(args.memory_repeats):
