@@ -306,20 +306,34 @@ def sample_frames(
             _threaded(stream, decoder_threads)
             for frame in container.decode(stream):
                 sampler.push(frame)
+            # With frame threads, a frame the decoder refuses (over its pixel bound) is
+            # dropped rather than raised: the stream's new size is still on the context.
+            _check_switch(path, ctx, limits, sampler.decoded)
             sampler.finish()
     except av.error.FFmpegError as exc:
-        if ctx is not None and ctx.width * ctx.height > limits.max_pixels:
-            raise RejectedScan(
-                Reason.RESOLUTION_OUT_OF_RANGE,
-                f"{path.name} switches to {ctx.width}x{ctx.height} after {sampler.decoded} "
-                f"frames; the limit is {limits.max_pixels} pixels.",
-            ) from exc
+        _check_switch(path, ctx, limits, sampler.decoded, exc)
         raise RejectedScan(
             Reason.UNREADABLE_VIDEO,
             f"{path.name} could not be decoded after {sampler.decoded} frames "
             f"({exc.strerror or exc}); the file is damaged or the upload was cut short.",
         ) from exc
     return sampler.result()
+
+
+def _check_switch(
+    path: Path,
+    ctx: av.VideoCodecContext | None,
+    limits: VideoLimits,
+    decoded: int,
+    cause: BaseException | None = None,
+) -> None:
+    """resolution_out_of_range when the stream switched to a size over the limit."""
+    if ctx is not None and ctx.width * ctx.height > limits.max_pixels:
+        raise RejectedScan(
+            Reason.RESOLUTION_OUT_OF_RANGE,
+            f"{path.name} switches to {ctx.width}x{ctx.height} after {decoded} "
+            f"frames; the limit is {limits.max_pixels} pixels.",
+        ) from cause
 
 
 # Frames are reordered by timestamp through a buffer this deep: some files (muxed without
