@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from cv.bitstream import ParameterSetGuard
 from cv.errors import Reason, RejectedScan
 from cv.quality import FrameQualities, FrameQuality, LumaAnalyzer
 
@@ -304,8 +305,12 @@ def sample_frames(
             # the same bound while decoding: a later parameter set can change the frame size
             ctx.options = {**ctx.options, **_decoder_options(limits)}
             _threaded(stream, decoder_threads)
-            for frame in container.decode(stream):
-                sampler.push(frame)
+            guard = ParameterSetGuard.for_stream(ctx.name, ctx.extradata)
+            for packet in container.demux(stream):
+                if guard is not None:
+                    _check_parameter_sets(path, guard, bytes(packet), limits, sampler.decoded)
+                for frame in packet.decode():
+                    sampler.push(frame)
             # With frame threads, a frame the decoder refuses (over its pixel bound) is
             # dropped rather than raised: the stream's new size is still on the context.
             _check_switch(path, ctx, limits, sampler.decoded)
@@ -320,6 +325,16 @@ def sample_frames(
     return sampler.result()
 
 
+def _check_parameter_sets(
+    path: Path, guard: ParameterSetGuard, packet: bytes, limits: VideoLimits, decoded: int
+) -> None:
+    """resolution_out_of_range when a parameter set in the packet declares a size over the
+    limit: refused before the decoder's threads allocate tables for it."""
+    for width, height in guard.sizes(packet):
+        if width * height > limits.max_pixels:
+            raise _switched(path, width, height, decoded, limits)
+
+
 def _check_switch(
     path: Path,
     ctx: av.VideoCodecContext | None,
@@ -329,11 +344,17 @@ def _check_switch(
 ) -> None:
     """resolution_out_of_range when the stream switched to a size over the limit."""
     if ctx is not None and ctx.width * ctx.height > limits.max_pixels:
-        raise RejectedScan(
-            Reason.RESOLUTION_OUT_OF_RANGE,
-            f"{path.name} switches to {ctx.width}x{ctx.height} after {decoded} "
-            f"frames; the limit is {limits.max_pixels} pixels.",
-        ) from cause
+        raise _switched(path, ctx.width, ctx.height, decoded, limits) from cause
+
+
+def _switched(
+    path: Path, width: int, height: int, decoded: int, limits: VideoLimits
+) -> RejectedScan:
+    return RejectedScan(
+        Reason.RESOLUTION_OUT_OF_RANGE,
+        f"{path.name} switches to {width}x{height} after {decoded} frames; "
+        f"the limit is {limits.max_pixels} pixels.",
+    )
 
 
 # Frames are reordered by timestamp through a buffer this deep: some files (muxed without

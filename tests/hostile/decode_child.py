@@ -5,7 +5,9 @@ The peak is this process's own high-water mark (``VmHWM``): ``ru_maxrss``, from 
 ``wait4`` or our own ``getrusage``, starts from the size of the process that forked us (Linux
 carries it across exec), and the parent here is a test runner with Prefect and torch loaded.
 
-    python decode_child.py VIDEO [LIMITS_JSON]
+    python decode_child.py VIDEO [LIMITS_JSON [DECODER_THREADS]]
+
+Decoder threads default to what extract_frames uses on this machine.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ import sys
 from pathlib import Path
 
 from cv.errors import ScanError
-from cv.frames import decoded_duration, probe_video, sample_frames
+from cv.frames import decoded_duration, decoder_threads, probe_video, sample_frames
 from cv.quality import assess_scan, raise_if_rejected
+from tasks.models import cpu_threads
 from tasks.options import ScanOptions
 
 
@@ -35,6 +38,7 @@ def peak_rss_mb() -> float:
 def main() -> None:
     path = Path(sys.argv[1])
     limits_json = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
+    threads = int(sys.argv[3]) if len(sys.argv) > 3 else decoder_threads(cpu_threads())
     options = ScanOptions.model_validate({"limits": limits_json})
     limits = options.limits.video_limits()
     stage, frames = "probe", 0
@@ -49,6 +53,7 @@ def main() -> None:
             sample_fps=options.sample_fps,
             max_side=options.max_side,
             on_frame=lambda _frame: None,
+            decoder_threads=threads,
         )
         frames = len(decoded.qualities)
         stage = "quality"

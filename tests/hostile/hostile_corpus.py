@@ -24,6 +24,7 @@ import av
 import cv2
 import numpy as np
 
+from cv.bitstream import BitReader, unescape
 from cv.encode import H264Writer
 from cv.synthetic import ScanSpec, render_scan
 
@@ -90,24 +91,6 @@ def h264_packets(width: int, height: int, frames: int) -> list[bytes]:
     return out
 
 
-class _BitReader:
-    def __init__(self, data: bytes) -> None:
-        self.data, self.pos = data, 0
-
-    def u(self, n: int) -> int:
-        value = 0
-        for _ in range(n):
-            bit = (self.data[self.pos >> 3] >> (7 - (self.pos & 7))) & 1
-            value, self.pos = (value << 1) | bit, self.pos + 1
-        return value
-
-    def ue(self) -> int:
-        zeros = 0
-        while self.u(1) == 0:
-            zeros += 1
-        return (1 << zeros) - 1 + self.u(zeros)
-
-
 class _BitWriter:
     def __init__(self) -> None:
         self.bits: list[int] = []
@@ -125,17 +108,6 @@ class _BitWriter:
         return bytes(int("".join(map(str, bits[i : i + 8])), 2) for i in range(0, len(bits), 8))
 
 
-def _unescape(data: bytes) -> bytes:
-    out, zeros = bytearray(), 0
-    for b in data:
-        if zeros >= 2 and b == 3:
-            zeros = 0
-            continue
-        out.append(b)
-        zeros = zeros + 1 if b == 0 else 0
-    return bytes(out)
-
-
 def _escape(data: bytes) -> bytes:
     out, zeros = bytearray(), 0
     for b in data:
@@ -149,7 +121,7 @@ def _escape(data: bytes) -> bytes:
 
 def _resized_sps(nal: bytes, width: int, height: int) -> bytes:
     """A baseline SPS NAL unit (no start code) declaring ``width`` x ``height``."""
-    r, w = _BitReader(_unescape(nal[1:])), _BitWriter()
+    r, w = BitReader(unescape(nal[1:])), _BitWriter()
 
     def copy(n: int = 0) -> None:
         w.u(n, r.u(n)) if n else w.ue(r.ue())

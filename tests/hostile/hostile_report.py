@@ -54,12 +54,15 @@ class Decoded:
     peak_rss_mb: float
 
 
-def decode_in_child(path: Path, limits: dict[str, Any] | None = None) -> Decoded:
-    """Probe and decode ``path`` as extract_frames does, in a fresh process; its wall time
-    and peak RSS."""
-    args = [sys.executable, str(CHILD), str(path)]
-    if limits:
-        args.append(json.dumps(limits))
+def decode_in_child(
+    path: Path, limits: dict[str, Any] | None = None, threads: int | None = None
+) -> Decoded:
+    """Probe and decode ``path`` as extract_frames does, in a fresh process (with
+    ``threads`` decoder threads instead of the flow's, if given); its wall time and peak
+    RSS."""
+    args = [sys.executable, str(CHILD), str(path), json.dumps(limits or {})]
+    if threads is not None:
+        args.append(str(threads))
     started = time.monotonic()
     done = subprocess.run(args, capture_output=True, text=True, timeout=300)
     seconds = time.monotonic() - started

@@ -20,12 +20,10 @@ pytestmark = pytest.mark.integration
 
 # Generous bounds: the point is "bounded", not a benchmark. A Python start-up with PyAV,
 # OpenCV and pydantic is ~80 MB; before cv/frames.py bounded its decoders, the dimension
-# bombs peaked at 1.0-1.2 GB (and 0.65 GB for the size switched mid-stream).
-# Decoding with frame threads, each thread parses a bomb's parameter set and allocates its
-# tables before the decoder refuses the size: bomb_dims_midstream peaks at ~331 MB with
-# FFmpeg's 3 threads (it stayed under 300 with slice threading). A decoded 16000x16000
-# frame would take 384 MB as YUV and 768 MB as RGB.
-MAX_DECODE_RSS_MB = 360
+# bombs peaked at 1.0-1.2 GB. The largest peak now is bomb_dims_h264's, ~160 MB: FFmpeg's
+# probe allocates one set of per-macroblock tables (~80 MB) for its 16000x16000 SPS before
+# refusing it. A decoded 16000x16000 frame would take 384 MB as YUV, 768 MB as RGB.
+MAX_DECODE_RSS_MB = 250
 MAX_DECODE_S = 60
 MAX_FLOW_S = 120
 
@@ -41,6 +39,19 @@ def test_decoding_is_bounded_and_stops_where_it_should(name: str, corpus: dict[s
     assert (got.reason, got.stage) == (case.expected, case.stage), got.message
     assert got.peak_rss_mb < MAX_DECODE_RSS_MB
     assert got.seconds < MAX_DECODE_S
+
+
+def test_a_size_switch_is_refused_before_any_decoder_thread_takes_it(
+    corpus: dict[str, Case],
+) -> None:
+    # Each frame thread that takes a 16000x16000 SPS allocates ~80 MB of tables before the
+    # decoder refuses the frame: with the 16 threads a large machine decodes with, 1.4 GB
+    # for a 2 kB file, had cv.bitstream not read the size from the packet first.
+    case = corpus["bomb_dims_midstream"]
+    got = decode_in_child(case.path, threads=16)
+    assert got.reason == "resolution_out_of_range", got.message
+    assert "switches to 16000x16000" in (got.message or "")
+    assert got.peak_rss_mb < 160  # less than one set of tables over the ~80 MB start-up
 
 
 @pytest.mark.usefixtures("prefect_server")
