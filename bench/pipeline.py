@@ -125,23 +125,16 @@ def main() -> int:
     try:
         if not args.skip_speed:
             video = sample_scan(args.seconds, 1920, 1080, 16_000_000)
-            floor_cmd = [
-                ffmpeg,
-                "-v",
-                "error",
-                "-threads",
-                "0",
-                "-i",
-                str(video),
-                "-f",
-                "null",
-                "-",
-            ]
+
+            def decode(threads: int) -> list[str]:
+                flags = ["-v", "error", "-threads", str(threads)]
+                return [str(ffmpeg), *flags, "-i", str(video), "-f", "null", "-"]
+
+            floor_cmd = decode(0)
             # the flow decodes with more threads than ffmpeg's default (cv.frames.decoder_threads):
             # ffmpeg given as many is a stricter floor, printed beside the issue's
             ours = decoder_threads(cpu_threads())
-            same_cmd = [ffmpeg, "-v", "error", "-threads", str(ours), "-i", str(video)]
-            same_cmd += ["-f", "null", "-"]
+            same_cmd = decode(ours)
             run_measured(floor_cmd, env)  # warm the page cache
             run_measured(scanflow + [str(video), "--scan-id", "warm", "--patient-id", "b"], env)
             floors, sames, flows, rss, manifests = [], [], [], [], []

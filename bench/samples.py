@@ -12,7 +12,7 @@ def sample_scan(seconds: float, width: int, height: int, bitrate: int = 16_000_0
     one slice a frame as phones write it (a sliced file decodes in parallel more easily)."""
     from cv.synthetic import ScanSpec, render_scan
 
-    # "1slice": encoded as phones do, one slice a frame (earlier samples were sliced)
+    # "1slice": earlier samples were sliced, and are not reused
     path = OUT / f"scan-{width}x{height}-{seconds:g}s-{bitrate // 1000}k-1slice.mp4"
     if not path.is_file():
         OUT.mkdir(parents=True, exist_ok=True)

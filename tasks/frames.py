@@ -261,8 +261,8 @@ def extract_frames(
             _settle(pending)
             # the backlog only while the model loads: afterwards a long scan would keep it
             # full, and peak above a short one
-            loading = classify is not None and classify.model is None
-            while len(pending) >= (in_flight if loading else _IN_FLIGHT):
+            model_loading = classify is not None and classify.model is None
+            while len(pending) >= (in_flight if model_loading else _IN_FLIGHT):
                 pending[0].result()
                 _settle(pending)
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,9 +54,6 @@ def test_tasks_do_not_import_flows_or_deployments() -> None:
 def test_the_flow_reaches_the_decoder_without_torch() -> None:
     """Importing torch takes ~1 s of the ~1.5 s a model needs to load; the flow loads the
     model beside the decoder, which only pays if nothing the flow imports pulls torch in."""
-    import subprocess
-    import sys
-
     probe = (
         "import sys, flows.process_scan, flows.cli, tasks.frames, cv.streaming; "
         "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))"
@@ -68,9 +67,6 @@ def test_the_flow_reaches_the_decoder_without_torch() -> None:
 def test_loading_and_running_the_model_does_not_import_sympy() -> None:
     """torch imports sympy (~0.4 s, in the model's load beside the decoder) only for
     symbolic shapes, which a module built on the meta device pulls in; ours are not."""
-    import subprocess
-    import sys
-
     probe = (
         "import sys, tempfile, numpy as np\n"
         "from tasks.registry import DEFAULT_PACKAGE\n"
