@@ -6,14 +6,22 @@ For each accepted upload it creates a run of the configured deployment and answe
      "runs": [{"flow_run_id", "flow_run_name", "created", "idempotency_key", ...}],
      "rejected": [{"source": "Records[1]", "reason": "..."}]}
 
-What is raised and what is answered decides what Lambda retries:
+or, for an SQS batch (the event source mapping has ``ReportBatchItemFailures``), just::
+
+    {"batchItemFailures": [{"itemIdentifier": "<messageId>"}, ...]}
+
+with the summary in the log line. What is raised and what is answered decides what Lambda
+retries:
 
 - a bad event or record is *answered* (in ``rejected``) and logged: retrying cannot fix it,
-  and one bad record does not hold back the good ones;
-- a misconfigured function (ConfigError, AuthError) *raises* at once;
-- a Prefect API still unavailable at the time budget's end *raises* after every record was
-  tried, so Lambda retries the event (asynchronous invocations: twice, then the on-failure
-  destination); runs already created are found again by their idempotency keys.
+  and one bad record does not hold back the good ones (in a batch, its message is deleted);
+- a misconfigured function (ConfigError, AuthError) *raises* at once (a batch goes back to
+  the queue whole, and to its dead-letter queue after ``maxReceiveCount`` receives);
+- a Prefect API still unavailable at the time budget's end: after every record was tried,
+  an asynchronous invocation *raises*, so Lambda retries the event (twice, then the
+  on-failure destination); a batch *answers* the messages whose scans were not submitted as
+  ``batchItemFailures``, so only those are received again. Runs already created are found
+  again by their idempotency keys.
 """
 
 from __future__ import annotations
@@ -57,6 +65,7 @@ def handler(event: Any, context: LambdaContext | None = None) -> dict[str, Any]:
     runs: list[dict[str, Any]] = []
     rejected = [r.as_dict() for r in parsed.rejections]
     failed: list[str] = []
+    unsent: list[str] = []  # SQS message ids whose scans were not submitted
     for scan in parsed.requests:
         try:
             run = api.create_flow_run(scan, deadline)
@@ -67,6 +76,7 @@ def handler(event: Any, context: LambdaContext | None = None) -> dict[str, Any]:
             if client_error and not isinstance(exc, UnavailableError):
                 raise  # the API refuses our requests: a configuration or version problem
             failed.append(f"{scan.source} ({scan.idempotency_key}): {exc}")
+            unsent.extend(scan.batch_items)
         else:
             runs.append(
                 {
@@ -92,9 +102,14 @@ def handler(event: Any, context: LambdaContext | None = None) -> dict[str, Any]:
                 ],
                 "rejected": rejected,
                 "failed": failed,
+                **({"batch_size": len(parsed.batch_items)} if parsed.kind == "sqs" else {}),
             }
         )
     )
+    if parsed.kind == "sqs":
+        retry = set(unsent)  # in the batch's order, each message once
+        items = dict.fromkeys(i for i in parsed.batch_items if i in retry)
+        return {"batchItemFailures": [{"itemIdentifier": i} for i in items]}
     if failed:
         raise UnavailableError(
             f"{len(failed)} of {len(parsed.requests)} scans not submitted; "
@@ -108,4 +123,7 @@ def _status(kind: str, runs: list[Any], rejected: list[Any], failed: list[str]) 
         return "ignored"
     if runs and (rejected or failed):
         return "partial"
-    return "accepted" if runs else "rejected"
+    if runs:
+        return "accepted"
+    # nothing refused or failed either: only s3:TestEvents, e.g. one delivered through SNS
+    return "rejected" if rejected or failed else "ignored"
