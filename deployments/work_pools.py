@@ -1,6 +1,6 @@
 """scanflow's production work pools: their base job templates and their work queues.
 
-Two pools run ``process-scan`` on AWS ECS (``prefect.yaml`` has one deployment on each):
+Four pools; ``prefect.yaml`` has the deployments on them:
 
 - ``scanflow-cpu``, type ``ecs:push`` (Prefect Cloud only): Prefect Cloud starts every flow
   run as its own Fargate task, so CPU capacity follows the queue down to zero. Create it
@@ -12,9 +12,20 @@ Two pools run ``process-scan`` on AWS ECS (``prefect.yaml`` has one deployment o
   leaves the launch type out so the capacity provider strategy places the task, asks for
   GPUs through the container's ``resourceRequirements`` (the ECS worker has no field for
   them) and marks the task definition EC2-only.
+- ``scanflow-notify-push`` (Prefect Cloud, ``ecs:push``) or ``scanflow-notify`` (self-hosted,
+  ``process``, served by the always-on worker of ``deployments/ecs-gpu/template.yaml``):
+  where ``notify-outcome`` runs in production, apart from the scans so that a full scan
+  pool never holds back the news of one.
 
-Each pool gets the same work queues; a lower priority number is served first, so fresh
-uploads go before re-runs and backfills when the pool is at its concurrency limit.
+The scan pools get the same work queues and a pool-level concurrency limit: the server
+hands a freed slot to the highest-priority queue that has a run waiting (lower number
+first), so fresh uploads go before re-runs and backfills. (A deployment's own concurrency
+limit does not order anything: with ``ENQUEUE`` a refused run retries 30 s later and the
+slot goes to whoever asks first; docs/production.md has the measurement.)
+
+Every image is built for linux/amd64 and every task definition says so
+(``runtimePlatform``): an image built on an ARM laptop then fails at once, by name, instead
+of with "exec format error" in a container log.
 
 The templates are files under ``deployments/work-pools/`` (what ``prefect work-pool create
 --base-job-template`` takes), generated from prefect-aws's own ECS template plus the changes
@@ -24,6 +35,7 @@ below; ``python -m deployments.work_pools`` rewrites them and a test fails if th
 from __future__ import annotations
 
 import copy
+import difflib
 import json
 import sys
 from dataclasses import dataclass
@@ -44,18 +56,26 @@ class QueueSpec:
 class PoolSpec:
     name: str
     type: str
-    template_file: str
     description: str
     concurrency_limit: int | None
     queues: tuple[QueueSpec, ...]
+    template_file: str | None = None  # None: the worker type's own default template
     cloud_only: bool = False
+    # Prefect Cloud only: the pool whose provisioned defaults (credentials, cluster, network,
+    # execution role) a new push pool takes, instead of provisioning everything again.
+    site_defaults_from: str | None = None
+    # Where it belongs: Prefect Cloud, a self-hosted server, or both.
+    on_cloud: bool = True
+    self_hosted: bool = True
 
     @property
-    def template_path(self) -> Path:
-        return TEMPLATES_DIR / self.template_file
+    def template_path(self) -> Path | None:
+        return TEMPLATES_DIR / self.template_file if self.template_file else None
 
     def load_template(self) -> dict[str, Any]:
-        return dict(json.loads(self.template_path.read_text()))
+        if self.template_file is None:
+            return _default_template(self.type)
+        return dict(json.loads((TEMPLATES_DIR / self.template_file).read_text()))
 
 
 QUEUES = (
@@ -63,8 +83,11 @@ QUEUES = (
     QueueSpec("reruns", 2, "Re-processing requested by a person (a new model, a bug fix)."),
     QueueSpec("backfill", 3, "Bulk re-processing of old scans: served last."),
 )
+NOTIFY_QUEUES = (QueueSpec("default", 1, "Outcome deliveries (notify-outcome)."),)
 
 GPU_CAPACITY_PROVIDER = "scanflow-gpu"
+# Image architecture: every task definition pins it (see the module docstring).
+RUNTIME_PLATFORM = {"cpuArchitecture": "X86_64", "operatingSystemFamily": "LINUX"}
 
 POOLS: dict[str, PoolSpec] = {
     "scanflow-cpu": PoolSpec(
@@ -72,7 +95,7 @@ POOLS: dict[str, PoolSpec] = {
         type="ecs:push",
         template_file="ecs-push.json",
         description="process-scan on Fargate (CPU), one task per run, pushed by Prefect Cloud.",
-        concurrency_limit=None,  # bounded by the deployment's concurrency limit
+        concurrency_limit=20,  # pool-level: a freed slot goes to the highest-priority queue
         queues=QUEUES,
         cloud_only=True,
     ),
@@ -84,7 +107,58 @@ POOLS: dict[str, PoolSpec] = {
         concurrency_limit=8,  # at most the Auto Scaling group's maximum size
         queues=QUEUES,
     ),
+    "scanflow-notify-push": PoolSpec(
+        name="scanflow-notify-push",
+        type="ecs:push",
+        template_file="ecs-push.json",
+        description="notify-outcome on Fargate, pushed by Prefect Cloud: no worker to keep.",
+        concurrency_limit=None,
+        queues=NOTIFY_QUEUES,
+        cloud_only=True,
+        site_defaults_from="scanflow-cpu",
+    ),
+    "scanflow-notify": PoolSpec(
+        name="scanflow-notify",
+        type="process",
+        description="notify-outcome on the always-on notify worker (self-hosted server).",
+        concurrency_limit=4,
+        queues=NOTIFY_QUEUES,
+        on_cloud=False,  # Prefect Cloud runs notify-outcome on scanflow-notify-push
+    ),
 }
+
+
+def pools_for(cloud: bool) -> list[str]:
+    """The pools a workspace needs: Prefect Cloud's, or a self-hosted server's."""
+    return [
+        name
+        for name, spec in POOLS.items()
+        if (spec.on_cloud if cloud else spec.self_hosted and not spec.cloud_only)
+    ]
+
+
+# Variables whose defaults belong to the workspace, not to the repository: what
+# --provision-infra stores (cluster, network, execution role, AWS credentials) and the
+# Prefect credential's secret that `scanflow pools apply --credential-secret-arn` sets.
+SITE_VARIABLES = frozenset(
+    {
+        "aws_credentials",
+        "cluster",
+        "vpc_id",
+        "network_configuration",
+        "execution_role_arn",
+        "prefect_api_key_secret_arn",
+        "prefect_api_auth_string_secret_arn",
+    }
+)
+
+
+def _default_template(worker_type: str) -> dict[str, Any]:
+    if worker_type == "process":
+        from prefect.workers.process import ProcessWorker
+
+        return copy.deepcopy(ProcessWorker.get_default_base_job_template())
+    raise ValueError(f"no template file and no default template for {worker_type!r} pools")
 
 
 # -- the templates -------------------------------------------------------------------------
@@ -109,6 +183,8 @@ def _common(template: dict[str, Any], *, family: str, cpu: int, memory: int) -> 
     props["configure_cloudwatch_logs"]["default"] = True
     props["cloudwatch_logs_prefix"]["default"] = family
     props["env"]["default"] = {"PYTHONUNBUFFERED": "1"}
+    taskdef = template["job_configuration"]["task_definition"]
+    taskdef["runtimePlatform"] = dict(RUNTIME_PLATFORM)
 
 
 def ecs_push_template() -> dict[str, Any]:
@@ -167,14 +243,91 @@ def write_templates() -> list[Path]:
     return written
 
 
-# -- applying a pool to a Prefect API ------------------------------------------------------
+# -- comparing and applying a pool ---------------------------------------------------------
 
 
-async def apply_pool(name: str, *, replace_template: bool = False) -> dict[str, Any]:
+def without_site_defaults(template: dict[str, Any]) -> dict[str, Any]:
+    """The template with the workspace's own defaults (SITE_VARIABLES) taken out."""
+    out = copy.deepcopy(template)
+    props = out.get("variables", {}).get("properties", {})
+    for name in SITE_VARIABLES & props.keys():
+        props[name].pop("default", None)
+    return out
+
+
+def template_diff(current: dict[str, Any], wanted: dict[str, Any], *, name: str) -> list[str]:
+    """A unified diff of two base job templates, ignoring the workspace's own defaults;
+    empty when they agree."""
+
+    def lines(template: dict[str, Any]) -> list[str]:
+        return json.dumps(without_site_defaults(template), indent=2, sort_keys=True).splitlines()
+
+    return list(
+        difflib.unified_diff(
+            lines(current), lines(wanted), f"{name} (server)", f"{name} (repository)", lineterm=""
+        )
+    )
+
+
+async def _provisioned(client: Any, spec: PoolSpec) -> dict[str, Any]:
+    """The template of the provisioned pool a new push pool takes its defaults from."""
+    from prefect.exceptions import ObjectNotFound
+
+    provision = (
+        f"prefect work-pool create {spec.name} --type {spec.type} --provision-infra "
+        f"--base-job-template {spec.template_path}"
+    )
+    if spec.site_defaults_from is None:
+        raise RuntimeError(f"{spec.name} does not exist: create it first ({provision}).")
+    try:
+        source = await client.read_work_pool(spec.site_defaults_from)
+    except ObjectNotFound:
+        raise RuntimeError(
+            f"{spec.name} takes its AWS defaults from {spec.site_defaults_from}, which does "
+            f"not exist: create that one first (prefect work-pool create "
+            f"{spec.site_defaults_from} --type {spec.type} --provision-infra ...)."
+        ) from None
+    return dict(source.base_job_template)
+
+
+def credential_variable(cloud: bool) -> str:
+    """The job variable that carries the Prefect credential's secret: an API key on
+    Prefect Cloud, an auth string on a self-hosted server."""
+    return "prefect_api_key_secret_arn" if cloud else "prefect_api_auth_string_secret_arn"
+
+
+def _with_site_defaults(
+    wanted: dict[str, Any],
+    current: dict[str, Any] | None,
+    credential: tuple[str, str] | None = None,
+) -> dict[str, Any]:
+    """``wanted`` carrying the workspace's defaults from ``current`` (and the credential)."""
+    out = copy.deepcopy(wanted)
+    props = out.get("variables", {}).get("properties", {})
+    old = (current or {}).get("variables", {}).get("properties", {})
+    for name in SITE_VARIABLES & props.keys() & old.keys():
+        if "default" in old[name]:
+            props[name]["default"] = old[name]["default"]
+    if credential is not None:
+        variable, arn = credential
+        props[variable]["default"] = arn
+    return out
+
+
+async def apply_pool(
+    name: str,
+    *,
+    cloud: bool,
+    replace_template: bool = False,
+    credential_secret_arn: str | None = None,
+) -> dict[str, Any]:
     """Create the pool (or update it) and its queues on the API PREFECT_API_URL names.
 
-    An existing pool keeps its base job template unless ``replace_template``: the ECS
-    provisioner stores the cluster, VPC and role it created as the template's defaults.
+    An existing pool keeps its base job template unless ``replace_template``: the answer's
+    ``template_diff`` says how it differs from the repository's (the workspace's own
+    defaults aside, which a replacement keeps). ``credential_secret_arn`` (ECS pools) is
+    the Secrets Manager secret holding the Prefect credential: the worker then passes it to
+    flow-run containers as an ECS secret instead of copying the credential into RunTask.
     """
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
@@ -182,27 +335,35 @@ async def apply_pool(name: str, *, replace_template: bool = False) -> dict[str, 
     from prefect.settings import PREFECT_API_URL
 
     spec = POOLS[name]
-    api_url = PREFECT_API_URL.value() or ""
-    if spec.cloud_only and "api.prefect.cloud" not in api_url:
+    if spec.cloud_only and not cloud:
         raise RuntimeError(
             f"{spec.name} is an {spec.type} pool, which exists only on Prefect Cloud "
-            f"(PREFECT_API_URL is {api_url or 'unset'})."
+            f"(PREFECT_API_URL is {PREFECT_API_URL.value() or 'unset'})."
         )
-    template = spec.load_template()
+    if credential_secret_arn and spec.type != "ecs":
+        raise RuntimeError(f"--credential-secret-arn is for ecs pools; {spec.name} is {spec.type}")
+    credential = (
+        (credential_variable(cloud), credential_secret_arn) if credential_secret_arn else None
+    )
+    wanted = spec.load_template()
+    diff: list[str] = []
     async with get_client() as client:
         try:
             pool = await client.read_work_pool(spec.name)
         except ObjectNotFound:
+            site: dict[str, Any] | None = None
+            if spec.type.endswith(":push"):
+                site = await _provisioned(client, spec)
             await client.create_work_pool(
                 WorkPoolCreate(
                     name=spec.name,
                     type=spec.type,
                     description=spec.description,
-                    base_job_template=template,
+                    base_job_template=_with_site_defaults(wanted, site, credential),
                     concurrency_limit=spec.concurrency_limit,
                 )
             )
-            action = "created"
+            action, template = "created", "the repository's"
         else:
             if pool.type != spec.type:
                 raise RuntimeError(
@@ -211,8 +372,17 @@ async def apply_pool(name: str, *, replace_template: bool = False) -> dict[str, 
             update = WorkPoolUpdate(
                 description=spec.description, concurrency_limit=spec.concurrency_limit
             )
-            if replace_template:
-                update.base_job_template = template
+            current = pool.base_job_template
+            diff = template_diff(current, wanted, name=spec.name)
+            if replace_template or credential_secret_arn:
+                base = wanted if replace_template else current
+                update.base_job_template = _with_site_defaults(base, current, credential_secret_arn)
+            if diff and replace_template:
+                template = "replaced (the workspace's own defaults kept)"
+            elif diff:
+                template = "DIFFERS from the repository's (kept; --replace-template replaces it)"
+            else:
+                template = "the repository's"
             await client.update_work_pool(spec.name, update)
             action = "updated"
         for queue in spec.queues:  # in priority order: each takes its slot, others shift
@@ -231,7 +401,13 @@ async def apply_pool(name: str, *, replace_template: bool = False) -> dict[str, 
                 await client.update_work_queue(
                     existing.id, priority=queue.priority, description=queue.description
                 )
-    return {"pool": spec.name, "type": spec.type, "action": action}
+    return {
+        "pool": spec.name,
+        "type": spec.type,
+        "action": action,
+        "template": template,
+        "template_diff": diff if not replace_template else [],
+    }
 
 
 if __name__ == "__main__":

@@ -77,6 +77,16 @@ class Settings(BaseSettings):
         None, description="Recorded in manifests; default: package version and git commit."
     )
 
+    # -- production (docs/production.md) --------------------------------------------------
+    prefect_platform: Literal["auto", "cloud", "server"] = Field(
+        "auto",
+        description="Where the Prefect API is: Prefect Cloud (push pools, API keys) or a "
+        "self-hosted server; auto: Cloud when PREFECT_API_URL is on api.prefect.cloud.",
+    )
+    trigger_function: str = Field(
+        "scanflow-trigger", description="The upload trigger's Lambda function (scanflow doctor)."
+    )
+
     # -- notifications (docs/notifications.md) -------------------------------------------
     platform_webhook_url: str | None = Field(
         None, description="The platform's webhook endpoint; unset: no platform events."
@@ -190,6 +200,12 @@ class Settings(BaseSettings):
         if self.database == "postgres":
             return self.postgres_url
         return f"sqlite+aiosqlite:///{(self.home / 'prefect' / 'prefect.db').resolve()}"
+
+    def on_prefect_cloud(self, api_url: str) -> bool:
+        """Is ``api_url`` Prefect Cloud (or, set so, a stand-in for it)?"""
+        if self.prefect_platform != "auto":
+            return self.prefect_platform == "cloud"
+        return "api.prefect.cloud" in api_url
 
     def resolved_code_version(self) -> str:
         return self.code_version or _code_version()

@@ -26,9 +26,9 @@ from typing import Any
 
 import boto3
 import pytest
-from dockerfile import parse_dockerfile
 
 from cv.synthetic import SyntheticScan
+from deployments.dockerfile import parse_dockerfile
 from deployments.work_pools import apply_pool
 from flows.server import LocalStack
 from flows.settings import REPO_ROOT, Settings
@@ -50,7 +50,7 @@ def deployed(prefect_server: str, tmp_path_factory: pytest.TempPathFactory) -> d
     results = tmp_path_factory.mktemp("ecs-results")
     env = {**os.environ, **DEPLOY_ENV, "SCANFLOW_RESULTS_URI": results.as_uri()}
     LocalStack(Settings()).ensure_pool()
-    asyncio.run(apply_pool("scanflow-gpu"))
+    asyncio.run(apply_pool("scanflow-gpu", cloud=False))
     done = subprocess.run(
         [sys.executable, "-m", "flows.cli", "deploy", "local", "ecs-gpu"],
         env=env,

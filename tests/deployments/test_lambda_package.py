@@ -146,7 +146,11 @@ def test_the_template_passes_cfn_lint_and_grants_least_privilege() -> None:
         "logs:CreateLogStream",
         "logs:PutLogEvents",
         "secretsmanager:GetSecretValue",
-        "sqs:SendMessage",
+        "sqs:ChangeMessageVisibility",  # the upload queue (Delivery=sqs) ...
+        "sqs:DeleteMessage",
+        "sqs:GetQueueAttributes",
+        "sqs:ReceiveMessage",
+        "sqs:SendMessage",  # ... and the dead-letter queue
     ]
     assert all(s["Effect"] == "Allow" and s["Resource"] != "*" for s in statements)
     # No S3 permission at all: the trigger never reads the upload, the flow does.
@@ -158,8 +162,99 @@ def test_the_template_passes_cfn_lint_and_grants_least_privilege() -> None:
     assert {"PREFECT_API_URL", "SCANFLOW_DEPLOYMENT", "SCANFLOW_ALLOWED_BUCKETS"} <= set(env)
     handler_env_names = set(config.__doc__.split("``")[1::2])  # the documented variables
     assert set(env) <= handler_env_names
-    notifications = resources["UploadBucket"]["Properties"]["NotificationConfiguration"]
-    assert {c["Event"] for c in notifications["LambdaConfigurations"]} == {"s3:ObjectCreated:*"}
+
+
+@pytest.mark.parametrize("delivery", ["sqs", "direct"])
+def test_every_allowed_upload_reaches_the_trigger_whatever_its_case(delivery: str) -> None:
+    """S3's key filters are case-sensitive: the template's own rules, evaluated by S3's
+    rules, deliver every allowed extension in every mix of case (an iPhone's .MOV)."""
+    from deployments.rehearsal import cfn
+    from deployments.s3_filters import missed_uploads
+
+    stack = cfn.deploy(
+        LAMBDA_DIR / "template.yaml",
+        stack_name="scanflow-trigger",
+        parameters={
+            "UploadBucketName": "scanflow-uploads",
+            "PrefectApiUrl": "https://api.prefect.cloud/api/accounts/a/workspaces/w",
+            "CodeS3Bucket": "artifacts",
+            "Delivery": delivery,
+        },
+        session=None,
+    )
+    notification = cfn.bucket_notification(
+        stack.properties["UploadBucket"]["NotificationConfiguration"]
+    )
+    extensions = stack.properties["Function"]["Environment"]["Variables"][
+        "SCANFLOW_ALLOWED_EXTENSIONS"
+    ].split(",")
+    assert sorted(extensions) == ["m4v", "mov", "mp4"]  # what the trigger accepts by default
+    assert config.TriggerConfig.from_env(
+        {
+            "PREFECT_API_URL": "http://x/api",
+            "SCANFLOW_DEPLOYMENT": "a/b",
+            "SCANFLOW_ALLOWED_BUCKETS": "bucket-1",
+        }
+    ).allowed_extensions == frozenset(extensions)
+    assert missed_uploads(notification, ["patients/"], extensions) == []
+    destination = "Queue" if delivery == "sqs" else "LambdaFunction"
+    (only,) = notification[f"{destination}Configurations"]
+    assert only["Events"] == ["s3:ObjectCreated:*"]
+    # nothing is reserved by default: reserving fails on accounts with a low limit
+    assert "ReservedConcurrentExecutions" not in stack.properties["Function"]
+    if delivery == "sqs":
+        mapping = stack.properties["UploadQueueMapping"]
+        assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+        assert mapping["ScalingConfig"]["MaximumConcurrency"] == 10
+        queue = stack.properties["UploadQueue"]
+        assert queue["VisibilityTimeout"] >= 6 * stack.properties["Function"]["Timeout"]
+        assert queue["RedrivePolicy"]["maxReceiveCount"] >= 1
+        assert "FunctionInvokeConfig" not in stack.properties
+    else:
+        assert stack.properties["FunctionInvokeConfig"]["MaximumRetryAttempts"] == 2
+        assert "UploadQueue" not in stack.properties
+
+
+def test_the_old_suffix_filters_lose_iphone_uploads() -> None:
+    """What the template had: a .mp4 and a .mov suffix rule. S3 matches suffixes by case."""
+    from deployments.s3_filters import missed_uploads
+
+    def rule(suffix: str) -> dict[str, object]:
+        return {
+            "LambdaFunctionArn": "arn:aws:lambda:eu-west-1:1:function:t",
+            "Events": ["s3:ObjectCreated:*"],
+            "Filter": {
+                "Key": {
+                    "FilterRules": [
+                        {"Name": "Prefix", "Value": "patients/"},
+                        {"Name": "Suffix", "Value": suffix},
+                    ]
+                }
+            },
+        }
+
+    old = {"LambdaFunctionConfigurations": [rule(".mp4"), rule(".mov")]}
+    missed = missed_uploads(old, ["patients/"], ["mp4", "mov", "m4v"])
+    assert "patients/patient-1/scans/scan-1.MOV" in missed
+    assert "patients/patient-1/scans/scan-1.m4v" in missed
+    assert "patients/patient-1/scans/scan-1.mov" not in missed
+    # every m4v (4 spellings); every other spelling of mp4 (3) and mov (7)
+    assert len(missed) == 4 + 3 + 7
+
+
+def test_reserving_concurrency_is_a_choice() -> None:
+    from deployments.rehearsal import cfn
+
+    common = {
+        "UploadBucketName": "scanflow-uploads",
+        "PrefectApiUrl": "https://x/api",
+        "CodeS3Bucket": "artifacts",
+    }
+    path = LAMBDA_DIR / "template.yaml"
+    reserved = cfn.deploy(
+        path, stack_name="t", parameters={**common, "ReservedConcurrency": 20}, session=None
+    )
+    assert reserved.properties["Function"]["ReservedConcurrentExecutions"] == 20
 
 
 def _as_list(value: object) -> list[str]:

@@ -53,7 +53,10 @@ def test_template_files_are_up_to_date(name: str) -> None:
     )
 
 
-@pytest.mark.parametrize("pool", sorted(work_pools.POOLS))
+ECS_POOLS = sorted(n for n, p in work_pools.POOLS.items() if p.type.startswith("ecs"))
+
+
+@pytest.mark.parametrize("pool", ECS_POOLS)
 def test_templates_are_valid_for_the_server_and_the_ecs_worker(pool: str) -> None:
     spec = work_pools.POOLS[pool]
     template = spec.load_template()
@@ -101,7 +104,13 @@ def test_the_push_pool_runs_the_cpu_deployment_on_a_valid_fargate_task() -> None
     assert container["image"] == "value-of-SCANFLOW_IMAGE"
     assert container["logConfiguration"]["logDriver"] == "awslogs"
     assert config.env["SCANFLOW_RESULTS_URI"] == "value-of-SCANFLOW_RESULTS_URI"
-    assert config.task_run_request["overrides"]["taskRoleArn"] == "value-of-SCANFLOW_TASK_ROLE_ARN"
+    assert (
+        config.task_run_request["overrides"]["taskRoleArn"] == "value-of-SCANFLOW_CPU_TASK_ROLE_ARN"
+    )
+    assert taskdef["runtimePlatform"] == {
+        "cpuArchitecture": "X86_64",
+        "operatingSystemFamily": "LINUX",
+    }
     push = work_pools.POOLS["scanflow-cpu"].load_template()
     assert push["variables"]["properties"]["launch_type"]["enum"] == ["FARGATE", "FARGATE_SPOT"]
 
@@ -173,5 +182,113 @@ def test_the_gpu_stack_passes_cfn_lint_and_matches_the_pool_and_deployment() -> 
     assert any(f"task-definition/{family}:*" in str(r) for r in run_task["Resource"])
     # each output names the variable `scanflow deploy ecs-gpu` needs from it
     described = {o.get("Description") for o in template["Outputs"].values()}
-    stack_vars = {"SCANFLOW_GPU_CLUSTER", "SCANFLOW_EXECUTION_ROLE_ARN", "SCANFLOW_TASK_ROLE_ARN"}
+    stack_vars = {
+        "SCANFLOW_GPU_CLUSTER",
+        "SCANFLOW_EXECUTION_ROLE_ARN",
+        "SCANFLOW_GPU_TASK_ROLE_ARN",
+    }
     assert stack_vars <= described and stack_vars <= set(required_env("ecs-gpu"))
+
+
+def test_production_deployments_wire_the_notification_path() -> None:
+    from prefect.flows import load_flow_from_entrypoint
+
+    deployments = _deployments()
+    for name in ("ecs-cpu", "ecs-gpu"):
+        env = deployments[name]["work_pool"]["job_variables"]["env"]
+        # the hooks' fast path needs the platform's URL; the key comes from a Secret block
+        assert env["SCANFLOW_PLATFORM_WEBHOOK_URL"] == "{{ $SCANFLOW_PLATFORM_WEBHOOK_URL }}"
+        assert not any("SECRET" in k or "SLACK" in k for k in env)
+    cloud, ecs = deployments["notify-cloud"], deployments["notify-ecs"]
+    assert work_pools.POOLS[cloud["work_pool"]["name"]].type == "ecs:push"
+    assert work_pools.POOLS[ecs["work_pool"]["name"]].type == "process"
+    for d in (cloud, ecs):
+        assert d["pull"] == []
+        assert load_flow_from_entrypoint(d["entrypoint"]).name == "notify-outcome"
+        assert d["work_pool"]["name"] not in {"scanflow-cpu", "scanflow-gpu"}
+    # notify-cloud renders a valid Fargate task on its push pool, with no task role to pass
+    provisioned = {
+        "execution_role_arn": "arn:aws:iam::123456789012:role/PrefectEcsTaskExecutionRole"
+    }
+    config = _render("scanflow-notify-push", "notify-cloud", provisioned)
+    taskdef = _task_definition("scanflow-notify-push", config)
+    assert int(taskdef["memory"]) in FARGATE_SIZES[int(taskdef["cpu"])]
+    assert "taskRoleArn" not in config.task_run_request.get("overrides", {})
+    assert config.env["SCANFLOW_PLATFORM_WEBHOOK_URL"] == "value-of-SCANFLOW_PLATFORM_WEBHOOK_URL"
+
+
+def test_scan_deployments_keep_their_slot_through_a_cold_start() -> None:
+    """A slot's lease is not renewed until the run's process starts: the grace covers a
+    Fargate image pull (minutes) and a GPU instance launched from zero plus a CUDA image
+    pull (up to ~15 minutes), not Prefect's default 300 s."""
+    deployments = _deployments()
+    assert deployments["ecs-cpu"]["concurrency_limit"]["grace_period_seconds"] >= 600
+    assert deployments["ecs-gpu"]["concurrency_limit"]["grace_period_seconds"] >= 1200
+
+
+def test_the_pools_order_by_priority_at_the_pool_level() -> None:
+    for name in ("scanflow-cpu", "scanflow-gpu"):
+        spec = work_pools.POOLS[name]
+        limit = _deployments()["ecs-cpu" if name == "scanflow-cpu" else "ecs-gpu"]
+        assert spec.concurrency_limit == limit["concurrency_limit"]["limit"]
+    assert work_pools.pools_for(cloud=True) == [
+        "scanflow-cpu",
+        "scanflow-gpu",
+        "scanflow-notify-push",
+    ]
+    assert work_pools.pools_for(cloud=False) == ["scanflow-gpu", "scanflow-notify"]
+
+
+def test_the_gpu_stack_starts_workers_that_never_create_their_pool() -> None:
+    from deployments.rehearsal import cfn
+
+    stack = cfn.deploy(
+        REPO_ROOT / "deployments" / "ecs-gpu" / "template.yaml",
+        stack_name="scanflow-gpu",
+        parameters={
+            "VpcId": "vpc-1",
+            "SubnetIds": "subnet-1,subnet-2",
+            "UploadBucketName": "up",
+            "ResultsBucketName": "res",
+            "PrefectApiUrl": "https://api.prefect.cloud/api/accounts/a/workspaces/w",
+            "PrefectApiKeySecretArn": "arn:aws:secretsmanager:eu-west-1:1:secret:k",
+            "NotifyWorkerImage": "img:tag",
+        },
+        session=None,
+    )
+    commands = [
+        c["Command"]
+        for name in stack.of_type("AWS::ECS::TaskDefinition")
+        for c in stack.properties[name]["ContainerDefinitions"]
+    ]
+    assert len(commands) == 2  # the ECS worker and (NotifyWorkerImage set) the notify worker
+    for command in commands:
+        assert command[:3] == ["prefect", "worker", "start"]
+        assert "--no-create-pool-if-not-found" in command
+    pools = {c[c.index("--pool") + 1]: c[c.index("--type") + 1] for c in commands}
+    assert pools == {"scanflow-gpu": "ecs", "scanflow-notify": "process"}
+    assert {p: work_pools.POOLS[p].type for p in pools} == pools
+    metadata = stack.properties["LaunchTemplate"]["LaunchTemplateData"]["MetadataOptions"]
+    assert metadata == {"HttpTokens": "required", "HttpPutResponseHopLimit": 1}
+    worker = stack.properties["WorkerRole"]
+    actions = {
+        a
+        for s in worker["Policies"][0]["PolicyDocument"]["Statement"]
+        for a in (s["Action"] if isinstance(s["Action"], list) else [s["Action"]])
+    }
+    # what prefect-aws's own ECS worker service template grants its observer
+    assert {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility"} <= actions
+    without_notify = cfn.deploy(
+        REPO_ROOT / "deployments" / "ecs-gpu" / "template.yaml",
+        stack_name="scanflow-gpu",
+        parameters={
+            "VpcId": "vpc-1",
+            "SubnetIds": "subnet-1",
+            "UploadBucketName": "up",
+            "ResultsBucketName": "res",
+            "PrefectApiUrl": "https://x/api",
+            "PrefectApiKeySecretArn": "arn:k",
+        },
+        session=None,
+    )
+    assert without_notify.of_type("AWS::ECS::Service") == ["WorkerService"]
