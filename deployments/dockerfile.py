@@ -1,4 +1,5 @@
-"""Reads the Dockerfile and .dockerignore the way Docker does, for tests that cannot build."""
+"""Reads the Dockerfile and .dockerignore the way Docker does, where Docker cannot build
+(the tests, the production rehearsal)."""
 
 from __future__ import annotations
 

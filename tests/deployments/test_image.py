@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import shlex
 
-from dockerfile import build_context, parse_dockerfile
 from prefect.workers.base import BaseJobConfiguration
 from prefect_aws.workers.ecs_worker import ECS_DEFAULT_COMMAND
 
+from deployments.dockerfile import build_context, parse_dockerfile
 from flows.settings import REPO_ROOT
 
 

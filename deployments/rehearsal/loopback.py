@@ -1,0 +1,166 @@
+"""Real servers on loopback standing in for what production talks to: AWS (moto's
+standalone server), the platform's webhook endpoint (a receiver that verifies signatures),
+and free ports for them.
+
+moto's ECS adds up a task's container ``memory`` to place it and fails with a TypeError (an
+HTTP 500 to the caller) when a container has none, as in every Fargate task definition
+(Fargate sizes the task, not the container; AWS accepts it). ``python -m
+deployments.rehearsal.loopback --port N`` runs moto's server with that sum treating a
+missing value as 0: a fix to the stand-in, so that RunTask requests for Fargate, exactly as
+Prefect renders them, can be made and read back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from flows.signing import HEADER, SignatureError, verify_signature
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class MotoServer:
+    """moto's standalone server (every AWS service at one URL) in a child process, with
+    AWS's managed IAM policies loaded (roles attach them by ARN)."""
+
+    def __init__(self, log: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60.0) -> MotoServer:
+        env = {**os.environ, "MOTO_IAM_LOAD_MANAGED_POLICIES": "true"}
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "deployments.rehearsal.loopback", "--port", str(self.port)],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return self
+            except OSError:
+                if self.proc.poll() is not None:
+                    break
+                time.sleep(0.2)
+        raise RuntimeError(f"moto did not start; see {self.log}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+@dataclass
+class Delivery:
+    at: float
+    headers: dict[str, str]
+    body: bytes
+    verified: str  # "ok" or why the signature was refused
+
+    @property
+    def event(self) -> dict[str, Any]:
+        return dict(json.loads(self.body))
+
+
+@dataclass
+class Receiver:
+    """The platform's webhook endpoint on loopback: records every POST, checks its
+    signature with ``secret`` and answers 200 (400 to a bad signature)."""
+
+    secret: str
+    deliveries: list[Delivery] = field(default_factory=list)
+    server: ThreadingHTTPServer | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.server_address[1]}/scanflow/events"
+
+    def start(self) -> Receiver:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                try:
+                    verify_signature(receiver.secret, self.headers.get(HEADER), body)
+                    verified, status = "ok", 200
+                except SignatureError as exc:
+                    verified, status = str(exc), 400
+                with receiver.lock:
+                    receiver.deliveries.append(
+                        Delivery(time.time(), dict(self.headers), body, verified)
+                    )
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+
+    def events(self, source: str | None = None) -> list[dict[str, Any]]:
+        with self.lock:
+            return [
+                d.event
+                for d in self.deliveries
+                if d.verified == "ok" and (source is None or d.event.get("source") == source)
+            ]
+
+
+def _serve_moto(argv: list[str]) -> None:
+    from moto import server
+    from moto.ecs import models
+
+    original = models.EC2ContainerServiceBackend._calculate_task_resource_requirements
+
+    def tolerant(task_definition: Any) -> dict[str, Any]:
+        # the sum reads only container_definitions: hand it copies, the stored ones stay
+        containers = [
+            c if c.get("memory") or c.get("memoryReservation") else {**c, "memory": 0}
+            for c in task_definition.container_definitions
+        ]
+        return original(SimpleNamespace(container_definitions=containers))  # type: ignore[no-any-return]
+
+    models.EC2ContainerServiceBackend._calculate_task_resource_requirements = staticmethod(  # type: ignore[method-assign]
+        tolerant
+    )
+    server.main(["-H", "127.0.0.1", *argv])
+
+
+if __name__ == "__main__":
+    _serve_moto(sys.argv[1:])
