@@ -236,6 +236,17 @@ class Doctor:
                 continue
             found[name] = deployment
             problems = _deployment_problems(deployment, spec)
+            pool = POOLS.get(deployment.work_pool_name or "")
+            grace = (
+                deployment.concurrency_options
+                and deployment.concurrency_options.grace_period_seconds
+            ) or 300
+            if deployment.global_concurrency_limit and pool and grace < pool.min_slot_grace_s:
+                problems.append(
+                    f"a slot's grace of {grace} s is shorter than {pool.name}'s start-up "
+                    f"({pool.min_slot_grace_s} s): runs would lose their slot while Pending "
+                    "(concurrency_limit.grace_period_seconds in prefect.yaml)"
+                )
             self.report.add(
                 "deploy",
                 full,
@@ -565,7 +576,7 @@ async def _secret_block_value(name: str) -> str | None:
     from prefect.blocks.system import Secret
 
     try:
-        block = await Secret.aload(name)  # type: ignore[attr-defined]
+        block: Any = await Secret.aload(name)
     except ValueError:
         return None
     return str(block.get() or "") or None

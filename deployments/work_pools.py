@@ -67,6 +67,10 @@ class PoolSpec:
     # Where it belongs: Prefect Cloud, a self-hosted server, or both.
     on_cloud: bool = True
     self_hosted: bool = True
+    # How long a run may wait in Pending for its infrastructure: a deployment with a
+    # concurrency limit on this pool needs at least this grace on its slot (its lease is
+    # not renewed until the run's process starts; Prefect's default is 300 s).
+    min_slot_grace_s: int = 300
 
     @property
     def template_path(self) -> Path | None:
@@ -98,6 +102,7 @@ POOLS: dict[str, PoolSpec] = {
         concurrency_limit=20,  # pool-level: a freed slot goes to the highest-priority queue
         queues=QUEUES,
         cloud_only=True,
+        min_slot_grace_s=600,  # a Fargate task pulling a ~400 MB image: 1-3 minutes
     ),
     "scanflow-gpu": PoolSpec(
         name="scanflow-gpu",
@@ -106,6 +111,7 @@ POOLS: dict[str, PoolSpec] = {
         description="process-scan on EC2 GPU instances through an ECS capacity provider.",
         concurrency_limit=8,  # at most the Auto Scaling group's maximum size
         queues=QUEUES,
+        min_slot_grace_s=1200,  # an instance from zero (3-5 min) and a CUDA image (5-10 min)
     ),
     "scanflow-notify-push": PoolSpec(
         name="scanflow-notify-push",
@@ -376,7 +382,7 @@ async def apply_pool(
             diff = template_diff(current, wanted, name=spec.name)
             if replace_template or credential_secret_arn:
                 base = wanted if replace_template else current
-                update.base_job_template = _with_site_defaults(base, current, credential_secret_arn)
+                update.base_job_template = _with_site_defaults(base, current, credential)
             if diff and replace_template:
                 template = "replaced (the workspace's own defaults kept)"
             elif diff:

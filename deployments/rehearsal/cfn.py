@@ -53,7 +53,8 @@ def load_template(path: Path) -> dict[str, Any]:
     template, errors = decode(str(path))
     if errors or template is None:
         raise TemplateError(f"{path}: {errors}")
-    return json.loads(json.dumps(template))  # plain dicts and lists
+    plain: dict[str, Any] = json.loads(json.dumps(template))  # plain dicts and lists
+    return plain
 
 
 def deploy(

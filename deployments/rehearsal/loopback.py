@@ -154,7 +154,8 @@ def _serve_moto(argv: list[str]) -> None:
             c if c.get("memory") or c.get("memoryReservation") else {**c, "memory": 0}
             for c in task_definition.container_definitions
         ]
-        return original(SimpleNamespace(container_definitions=containers))  # type: ignore[no-any-return]
+        view: Any = SimpleNamespace(container_definitions=containers)
+        return original(view)
 
     models.EC2ContainerServiceBackend._calculate_task_resource_requirements = staticmethod(  # type: ignore[method-assign]
         tolerant

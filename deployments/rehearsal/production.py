@@ -133,7 +133,19 @@ class Rehearsal:
                 "PREFECT_INTEGRATIONS_AWS_ECS_OBSERVER_ENABLED": "false",
             }
         )
-        for name in ("PREFECT_API_KEY", "SCANFLOW_RESULTS_URI", "SCANFLOW_INPUT_ROOTS"):
+        for name in list(os.environ):  # nothing of the caller's AWS or Prefect targets
+            if name.startswith(("AWS_ENDPOINT_URL_", "SCANFLOW_")) and name not in (
+                "SCANFLOW_HOME",
+                "SCANFLOW_SERVER_PORT",
+                "SCANFLOW_PREFECT_PLATFORM",
+            ):
+                os.environ.pop(name)
+        for name in (
+            "PREFECT_API_KEY",
+            "PREFECT_API_AUTH_STRING",
+            "AWS_PROFILE",
+            "AWS_SESSION_TOKEN",
+        ):
             os.environ.pop(name, None)
         from flows.server import LocalStack
         from flows.settings import Settings
@@ -162,7 +174,9 @@ class Rehearsal:
         return boto3.Session(region_name=REGION)
 
     # -- running the runbook -----------------------------------------------------------
-    def run(self) -> Result:
+    def run(self, *, stop: bool = True) -> Result:
+        """Every step in order; ``stop=False`` leaves the stand-ins running (then call
+        :meth:`stop`), for tests that look at or break the rehearsed deployment."""
         from botocore.exceptions import ClientError
 
         try:
@@ -198,7 +212,15 @@ class Rehearsal:
                 figures=self.figures,
             )
         finally:
-            self.stop()
+            if stop:
+                self.stop()
+
+    def world(self) -> dict[str, Any]:
+        """How to reach the rehearsed deployment: the environment a reader's shell has at
+        the end of the runbook, with the stand-ins' endpoints and credentials."""
+        keep = ("AWS_", "PREFECT_API_URL", "SCANFLOW_PREFECT_PLATFORM")
+        env = {k: v for k, v in os.environ.items() if k.startswith(keep)}
+        return {"env": {**self.env, **env}, "workdir": str(self.workdir)}
 
     def recorded(self) -> list[str]:
         return [f"{name}: {r}" for name, stack in self.stacks.items() for r in stack.recorded]
@@ -405,10 +427,12 @@ class Rehearsal:
             env.update(
                 PREFECT_HOME=str(self.workdir / f"worker-{name}"),
                 PREFECT_WORKER_WEBSERVER_PORT=str(free_port()),
+                PREFECT_LOGGING_LEVEL="INFO",
                 PYTHONPATH=str(self.repo),
             )
             env.pop("EXTRA_PIP_PACKAGES", None)  # prefect-aws is installed here already
-            log = open(self.workdir / f"{name}.log", "wb")  # noqa: SIM115 - the process owns it
+            path = self.workdir / f"{name}.log"
+            log = open(path, "wb")  # noqa: SIM115 - the process owns it
             self.processes.append(
                 subprocess.Popen(
                     [sys.executable, "-m", "prefect", *command[1:]],
@@ -419,6 +443,7 @@ class Rehearsal:
                     stdin=subprocess.DEVNULL,
                 )
             )
+            self.wait_for_worker(command[command.index("--pool") + 1], path)
         for name in stack.of_type("AWS::ECS::ClusterCapacityProviderAssociations"):
             cluster = stack.properties[name]["Cluster"]
             ec2 = self.session().client("ec2")
@@ -429,10 +454,32 @@ class Rehearsal:
                 instanceIdentityDocument=json.dumps({"instanceId": instance["InstanceId"]}),
             )
 
+    def wait_for_worker(self, pool: str, log: Path, timeout: float = 60) -> None:
+        """Until the new worker has reached the API: its pool exists (it found or created
+        it) or it said it found none."""
+        from prefect.client.orchestration import get_client
+        from prefect.exceptions import ObjectNotFound
+
+        async def pool_exists() -> bool:
+            async with get_client() as client:
+                try:
+                    await client.read_work_pool(pool)
+                except ObjectNotFound:
+                    return False
+            return True
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if asyncio.run(pool_exists()) or "not found" in log.read_text(errors="replace"):
+                return
+            self.workers_alive()
+            time.sleep(0.5)
+        raise self.fail(f"the worker for {pool} did not reach the API: see {log}")
+
     def workers_alive(self) -> None:
         for proc in self.processes:
             if proc.poll() is not None:
-                raise self.fail(f"a stack's worker exited ({proc.args}): see {self.workdir}")
+                raise self.fail(f"a stack's worker exited ({proc.args!r}): see {self.workdir}")
 
     # -- doctor ------------------------------------------------------------------------
     def doctor(self, *groups: str) -> list[str]:
@@ -442,7 +489,8 @@ class Rehearsal:
 
         # the settings of the reader's shell at this point of the runbook
         scanflow = {k: v for k, v in self.env.items() if k.startswith("SCANFLOW_")}
-        settings = Settings(**{k.removeprefix("SCANFLOW_").lower(): v for k, v in scanflow.items()})
+        values = {k.removeprefix("SCANFLOW_").lower(): v for k, v in scanflow.items()}
+        settings = Settings(**values)  # type: ignore[arg-type]
         report = asyncio.run(Doctor(settings, self.api_url, aws=self.session()).run())
         lines = [c.line() for c in report.checks if c.group in groups]
         failed = [c for c in report.checks if c.group in groups and c.ok is False]
@@ -462,13 +510,13 @@ async def _provision_push_pool(name: str, template: dict[str, Any]) -> dict[str,
         ElasticContainerServicePushProvisioner,
     )
 
-    provisioner = ElasticContainerServicePushProvisioner()
+    provisioner = ElasticContainerServicePushProvisioner()  # type: ignore[no-untyped-call]
     out = json.loads(json.dumps(template))
     for resource in provisioner._generate_resources(work_pool_name=name):
         if isinstance(resource, ContainerRepositoryResource):
             continue  # it logs Docker in to ECR: no Docker engine here
         await resource.provision(advance=lambda: None, base_job_template=out)
-    return out
+    return dict(out)
 
 
 async def _create_pool(name: str, kind: str, template: dict[str, Any]) -> None:
@@ -517,7 +565,6 @@ def _after_stacks(r: Rehearsal) -> list[str]:
             "instance role (hop limit must be 1, tokens required)"
         )
     lines.append("GPU instances: IMDSv2, one hop (containers cannot reach the instance role)")
-    time.sleep(3)  # the worker polls its pool at start
     r.workers_alive()
     return lines + r.doctor("pool")
 
