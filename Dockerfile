@@ -1,9 +1,12 @@
 # syntax=docker/dockerfile:1
 # The image every ECS flow run of process-scan starts (pools scanflow-cpu and scanflow-gpu).
 #
-#   docker build -t scanflow:$(git rev-parse --short HEAD) .                          # CPU
-#   docker build --build-arg TORCH_VARIANT=cu128 -t scanflow-gpu:$(git rev-parse --short HEAD) .
+#   docker build --platform linux/amd64 -t scanflow:$(git rev-parse --short HEAD) .          # CPU
+#   docker build --platform linux/amd64 --build-arg TORCH_VARIANT=cu128 -t scanflow-gpu:$(git rev-parse --short HEAD) .
 #
+# Always --platform linux/amd64: Fargate tasks and g5 hosts are x86-64 (the pools' task
+# definitions say so in runtimePlatform), and a build on an ARM laptop would otherwise make
+# an arm64 image that fails there with "exec format error".
 # One stage, one layer per kind of change, biggest and stablest first: a release that
 # only changes our code rebuilds and pushes only the last, small layer, and an EC2 GPU
 # host that already has the earlier layers pulls only that. Every dependency ships as a

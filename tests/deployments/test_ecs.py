@@ -39,7 +39,9 @@ DEPLOY_ENV = {
     "SCANFLOW_IMAGE": "123456789012.dkr.ecr.eu-west-1.amazonaws.com/scanflow:test",
     "SCANFLOW_GPU_CLUSTER": "scanflow-gpu",
     "SCANFLOW_EXECUTION_ROLE_ARN": "arn:aws:iam::123456789012:role/scanflow-execution",
-    "SCANFLOW_TASK_ROLE_ARN": "arn:aws:iam::123456789012:role/scanflow-task",
+    "SCANFLOW_GPU_TASK_ROLE_ARN": "arn:aws:iam::123456789012:role/scanflow-task",
+    # (SCANFLOW_INPUT_ROOTS comes from the test session: scans are rendered under /tmp)
+    "SCANFLOW_PLATFORM_WEBHOOK_URL": "http://127.0.0.1:9/scanflow/events",
 }
 RUN_SIZE = {"cpu": 2048, "memory": 6144}
 
@@ -97,6 +99,8 @@ def test_prefect_deploy_applies_the_local_and_gpu_deployments(deployed: dict[str
     assert gpu.global_concurrency_limit is not None
     assert gpu.global_concurrency_limit.limit == 8
     assert gpu.concurrency_options.collision_strategy.value == "ENQUEUE"
+    # prefect.yaml's grace for a slot during a cold start reaches the deployment
+    assert gpu.concurrency_options.grace_period_seconds == 1800
     by_priority = [q.name for q in sorted(queues, key=lambda q: q.priority)]
     assert by_priority[:3] == ["uploads", "reruns", "backfill"]
 
@@ -190,7 +194,7 @@ def test_the_ecs_worker_registers_the_gpu_task_and_runs_it_on_the_capacity_provi
     assert task["capacityProviderName"] == "scanflow-gpu"
     assert not task.get("launchType")
     overrides = task["overrides"]
-    assert overrides["taskRoleArn"] == DEPLOY_ENV["SCANFLOW_TASK_ROLE_ARN"]
+    assert overrides["taskRoleArn"] == DEPLOY_ENV["SCANFLOW_GPU_TASK_ROLE_ARN"]
     (override,) = overrides["containerOverrides"]
     assert override["name"] == "prefect"
     assert override["command"] == parse_dockerfile(REPO_ROOT / "Dockerfile").cmd
