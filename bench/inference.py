@@ -55,9 +55,9 @@ def throughput(device: str, batches: list[int], n_frames: int, repeats: int) -> 
     import numpy as np
     import torch
 
-    from cv.heads import classify_frames
+    from cv.model.heads import classify_frames
+    from scanflow.models.registry import DEFAULT_PACKAGE, load_package
     from tasks.inference import cpu_threads
-    from tasks.registry import DEFAULT_PACKAGE, load_package
 
     dev = torch.device(device)
     with tempfile.TemporaryDirectory() as cache:
@@ -97,8 +97,8 @@ def _issue2_baseline(frames: list, batch: int, threads: int | None, repeats: int
     import numpy as np
     import torch
 
-    from cv.model import INPUT_SIZE, MEAN, STD, MobileNetV2, torch_threads
-    from tasks.registry import installed_backbone
+    from cv.model.network import INPUT_SIZE, MEAN, STD, MobileNetV2, torch_threads
+    from scanflow.models.registry import installed_backbone
 
     net = MobileNetV2()
     net.load_state_dict(torch.load(installed_backbone(), map_location="cpu", weights_only=True))
@@ -151,14 +151,14 @@ def _configure(cores: int) -> None:
 
 
 def pipeline_share(seconds: float, repeats: int) -> None:
-    from flows.server import LocalStack
-    from flows.settings import Settings
+    from scanflow.local.stack import LocalStack
+    from scanflow.settings import Settings
 
     stack = LocalStack(Settings())
     stack.start_server()
     try:
         from flows.process_scan import process_scan
-        from tasks.manifest import read_manifest
+        from scanflow.contracts.manifest import read_manifest
 
         path = sample_scan(seconds, 1920, 1080)
         warm = sample_scan(4.0, 640, 360)

@@ -2,7 +2,7 @@
 that makes the same cv/ calls and the same store writes, on the same video, in one run.
 
 Also prints the decode floor (PyAV decoding every frame, nothing else) so the pipeline's
-cost can be read against it, as DESIGN.md's targets are.
+cost can be read against it, as the targets in docs/design.md are.
 
     python bench/orchestration.py [--seconds 30] [--width 1920 --height 1080] [--repeats 3]
 
@@ -42,19 +42,19 @@ def plain_pipeline(path: Path, root: Path) -> float:
     """The same cv/ calls as process-scan, with the same writes, and no Prefect."""
     import numpy as np
 
-    from cv.frames import decoded_duration, probe_video, sample_frames
     from cv.images import encode_jpeg
-    from cv.model import embed_frames, load_backbone, pick_device
-    from cv.quality import Fault, assess_scan, frame_limits, scan_faults
-    from cv.summary import (
+    from cv.model.network import embed_frames, load_backbone, pick_device
+    from cv.quality.analysis import Fault, assess_scan, frame_limits, scan_faults
+    from cv.summary.render import (
         SummaryFrame,
         choose_keyframes,
         choose_segments,
         contact_sheet,
         render_summary_video,
     )
-    from tasks.options import ScanOptions
-    from tasks.registry import BACKBONE_IDENTITY, installed_backbone
+    from cv.video.frames import decoded_duration, probe_video, sample_frames
+    from scanflow.contracts.options import ScanOptions
+    from scanflow.models.registry import BACKBONE_IDENTITY, installed_backbone
 
     start = time.perf_counter()
     opts = ScanOptions()
@@ -129,8 +129,8 @@ def main() -> int:
         }
     )
     sys.path.insert(0, str(ROOT))
-    from flows.server import LocalStack
-    from flows.settings import Settings
+    from scanflow.local.stack import LocalStack
+    from scanflow.settings import Settings
 
     stack = LocalStack(Settings())
     stack.start_server()

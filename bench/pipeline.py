@@ -114,14 +114,14 @@ def main() -> int:
     )
     os.environ.update(env)
     sys.path.insert(0, str(ROOT))
-    from cv.frames import decoder_threads
-    from flows.server import LocalStack
-    from flows.settings import Settings
-    from tasks.models import cpu_threads
+    from cv.video.frames import decoder_threads
+    from scanflow.local.stack import LocalStack
+    from scanflow.models.cache import cpu_threads
+    from scanflow.settings import Settings
 
     stack = LocalStack(Settings())
     stack.start_server()
-    scanflow = [sys.executable, "-m", "flows.cli", "process"]
+    scanflow = [sys.executable, "-m", "scanflow.cli.main", "process"]
     try:
         if not args.skip_speed:
             video = sample_scan(args.seconds, 1920, 1080, 16_000_000)
@@ -131,7 +131,8 @@ def main() -> int:
                 return [str(ffmpeg), *flags, "-i", str(video), "-f", "null", "-"]
 
             floor_cmd = decode(0)
-            # the flow decodes with more threads than ffmpeg's default (cv.frames.decoder_threads):
+            # the flow decodes with more threads than ffmpeg's default
+            # (cv.video.frames.decoder_threads):
             # ffmpeg given as many is a stricter floor, printed beside the issue's
             ours = decoder_threads(cpu_threads())
             same_cmd = decode(ours)

@@ -19,9 +19,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cv.frames import VideoLimits, probe_video, sample_frames  # noqa: E402
-from cv.quality import Fault, QualityThresholds, frame_limits, scan_faults  # noqa: E402
+from cv.quality.analysis import Fault, QualityThresholds, frame_limits, scan_faults  # noqa: E402
 from cv.synthetic import ScanSpec, render_scan  # noqa: E402
+from cv.video.frames import VideoLimits, probe_video, sample_frames  # noqa: E402
 
 
 def _runs(rng: np.random.Generator, n: int, count: int, length: int) -> frozenset[int]:

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from cv.synthetic import VIEWS, ScanSpec, SyntheticScan, later_scan, render_scan  # noqa: E402
-from cv.tracking import register  # noqa: E402
+from cv.tracking.registration import register  # noqa: E402
 
 W, H = 640, 480
 CROP_SCALE = W / (int(H * 2 * W / H * 1.3) * 0.8)  # canvas px -> frame px (see synthetic.py)

@@ -4,7 +4,7 @@
      ├── RejectedScan         the patient's to fix: re-scan (scan.rejected)
      └── ProcessingError      ours to fix (scan.failed)
 
-The reason codes are the contract listed in DESIGN.md. Third-party errors (PyAV, boto3,
+The reason codes are the contract listed in docs/design.md. Third-party errors (PyAV, boto3,
 torch) are mapped to these at the edge with ``raise ... from exc``.
 """
 

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from cv.encode import H264Writer
+from cv.video.encode import H264Writer
 
 VIEWS = ("front", "left", "right", "upper_occlusal", "lower_occlusal")
 
@@ -48,7 +48,7 @@ class ScanSpec:
     rotation: int = 0  # display rotation written in the container, like a phone held sideways
     bitrate: int | None = None  # bits per second; None = constant quality
     codec: str = "libx264"  # or "libx265" (HEVC, as many phones record)
-    one_slice: bool = False  # one slice a frame, as phones write (cv.encode.H264Writer)
+    one_slice: bool = False  # one slice a frame, as phones write (cv.video.encode.H264Writer)
     vfr: bool = False  # variable frame rate: intervals alternate 0.5/fps and 1.5/fps
     camera_seed: int | None = None  # another camera path over the same mouth
 

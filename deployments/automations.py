@@ -23,13 +23,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from uuid import UUID
 
-from flows.settings import Settings
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import StateType
+from prefect.events.actions import ChangeFlowRunState, RunDeployment
+from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
+from prefect.exceptions import ObjectNotFound
 
-if TYPE_CHECKING:
-    from prefect.events.schemas.automations import AutomationCore
+from scanflow.settings import Settings
 
 OWNER_TAG = "scanflow-managed"
 FLOW_NAME = "process-scan"
@@ -63,7 +66,6 @@ def _match() -> dict[str, Any]:
 
 
 def _notify(deployment_id: UUID, trigger: str) -> Any:
-    from prefect.events.actions import RunDeployment
 
     return RunDeployment(
         source="selected",
@@ -80,9 +82,6 @@ def _notify(deployment_id: UUID, trigger: str) -> Any:
 
 def desired_automations(settings: Settings, notify_deployment_id: UUID) -> list[AutomationCore]:
     """The automations scanflow wants on the server, for these settings."""
-    from prefect.client.schemas.objects import StateType
-    from prefect.events.actions import ChangeFlowRunState
-    from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
 
     def reactive(name: str, events: list[str], description: str) -> AutomationCore:
         return AutomationCore(
@@ -215,9 +214,6 @@ def _retry_crashed(retries: int) -> AutomationCore:
     the same way, forever. The crash itself is still reported (scan.crashed); the retry's
     outcome follows as its own event.
     """
-    from prefect.client.schemas.objects import StateType
-    from prefect.events.actions import ChangeFlowRunState
-    from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
 
     match = _match()
     match["match"] = {
@@ -247,7 +243,6 @@ def _retry_crashed(retries: int) -> AutomationCore:
 
 def normal_form(automation: Any) -> dict[str, Any]:
     """A comparable form: what the server stores, with set-like lists sorted."""
-    from prefect.events.schemas.automations import AutomationCore
 
     core = AutomationCore.model_validate(automation.model_dump(exclude={"id"}))
     return _sorted(core.model_dump(mode="json"))  # type: ignore[no-any-return]
@@ -287,8 +282,6 @@ class Plan:
 
 async def apply_automations(settings: Settings, *, dry_run: bool = False) -> Plan:
     """Make the server's scanflow-managed automations match :func:`desired_automations`."""
-    from prefect.client.orchestration import get_client
-    from prefect.exceptions import ObjectNotFound
 
     plan = Plan()
     async with get_client() as client:

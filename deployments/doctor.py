@@ -40,11 +40,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from deployments import prefect_yaml
 from deployments.s3_filters import missed_uploads
 from deployments.work_pools import POOLS, credential_variable, pools_for, template_diff
-from flows.settings import REPO_ROOT, Settings
+from scanflow.settings import REPO_ROOT, Settings
 
 PLACEHOLDER = re.compile(r"\{\{\s*\$?[A-Za-z_][A-Za-z0-9_.]*\s*\}\}")
 ALLOWED_EXTENSIONS = ("mp4", "mov", "m4v")
@@ -93,14 +92,8 @@ class Report:
 
 
 def production_deployments(repo_root: Path, cloud: bool) -> dict[str, dict[str, Any]]:
-    spec = yaml.safe_load((repo_root / "prefect.yaml").read_text())
     wanted = CLOUD_DEPLOYMENTS if cloud else SERVER_DEPLOYMENTS
-    return {d["name"]: d for d in spec["deployments"] if d["name"] in wanted}
-
-
-def _flow_of(deployment: dict[str, Any]) -> str:
-    entry = str(deployment["entrypoint"])
-    return "notify-outcome" if "notify_outcome" in entry else "process-scan"
+    return {n: d for n, d in prefect_yaml.deployments(repo_root).items() if n in wanted}
 
 
 @dataclass
@@ -227,7 +220,7 @@ class Doctor:
 
         found: dict[str, Any] = {}
         for name, spec in production_deployments(self.repo_root, self.cloud).items():
-            full = f"{_flow_of(spec)}/{name}"
+            full = f"{prefect_yaml.flow_name(spec)}/{name}"
             fix = f"scanflow deploy {name}"
             try:
                 deployment = await client.read_deployment_by_name(full)
@@ -254,7 +247,7 @@ class Doctor:
                 "; ".join(problems) or "as prefect.yaml declares, every setting filled in",
                 fix=fix,
             )
-            if _flow_of(spec) == "process-scan":
+            if prefect_yaml.flow_name(spec) == "process-scan":
                 env = (deployment.job_variables or {}).get("env") or {}
                 beat = env.get("PREFECT_FLOWS_HEARTBEAT_FREQUENCY")
                 grace = self.settings.heartbeat_grace_s
@@ -393,7 +386,7 @@ class Doctor:
             f"{function} environment",
             not problems,
             "; ".join(problems) or f"creates runs of {target} on this API",
-            fix="redeploy deployments/lambda/template.yaml with this API's URL",
+            fix="redeploy deployments/trigger/template.yaml with this API's URL",
         )
         secret_arn = env.get("PREFECT_API_KEY_SECRET_ARN") or env.get(
             "PREFECT_API_AUTH_STRING_SECRET_ARN"
@@ -417,7 +410,7 @@ class Doctor:
                 f"{function} credential",
                 False,
                 "no PREFECT_API_KEY_SECRET_ARN: Prefect Cloud refuses unauthenticated calls",
-                fix="redeploy deployments/lambda/template.yaml with PrefectAuth=api-key",
+                fix="redeploy deployments/trigger/template.yaml with PrefectAuth=api-key",
             )
         with _aws_errors(self.report, "trigger", f"{function} concurrency") as ok:
             reserved = lam.get_function_concurrency(FunctionName=function).get(
@@ -474,7 +467,7 @@ class Doctor:
                 if not missed
                 else f"{len(missed)} kinds of upload never reach the trigger, e.g. "
                 + ", ".join(missed[:3]),
-                fix="redeploy deployments/lambda/template.yaml (one prefix-only rule)",
+                fix="redeploy deployments/trigger/template.yaml (one prefix-only rule)",
             )
 
     async def check_roles(self, client: Any, deployments: dict[str, Any]) -> None:

@@ -16,8 +16,8 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-from flows.events import WebhookEvent, build_event
-from flows.notify import (
+from scanflow.contracts.events import WebhookEvent, build_event
+from scanflow.notify.senders import (
     DeliveryError,
     RetryPolicy,
     manifest_for,
@@ -26,7 +26,7 @@ from flows.notify import (
     send_platform,
     send_slack,
 )
-from flows.settings import Settings
+from scanflow.settings import Settings
 
 Trigger = Literal["final", "stalled-running", "stalled-pending"]
 # Each task attempt tries a few times quickly (ATTEMPT); then the task retries, soon at

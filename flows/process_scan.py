@@ -27,15 +27,16 @@ from prefect.utilities.annotations import quote
 from pydantic import Field
 
 from cv.errors import ScanError
-from flows.hooks import send_outcome
-from flows.settings import Settings
+from scanflow.contracts.manifest import Artifacts, Manifest
+from scanflow.contracts.options import ID_PATTERN, ScanOptions
+from scanflow.contracts.stages import ModelInfo
+from scanflow.notify.hooks import send_outcome
+from scanflow.settings import Settings
+from scanflow.storage import join
 from tasks.download import download_scan
 from tasks.frames import extract_frames
 from tasks.inference import load_model, run_inference
-from tasks.manifest import Artifacts, Manifest, artifact_key, publish_manifest
-from tasks.models import ModelInfo
-from tasks.options import ID_PATTERN, ScanOptions
-from tasks.storage import join
+from tasks.manifest import artifact_key, publish_manifest
 from tasks.summary import render_summary
 from tasks.tracking import compute_tracking
 

@@ -7,18 +7,12 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from prefect import get_run_logger, task
-from pydantic import BaseModel
 
 from cv.errors import Reason, RejectedScan
-from tasks.access import check_input_uri, local_name, parse_root
-from tasks.retry import retry_transient
-from tasks.storage import FileStore, store_for
-
-
-class DownloadedScan(BaseModel):
-    source_uri: str
-    local_path: str
-    size_bytes: int
+from scanflow.access import check_input_uri, local_name, parse_root
+from scanflow.contracts.stages import DownloadedScan
+from scanflow.retry import retry_transient
+from scanflow.storage import FileStore, store_for
 
 
 @task(

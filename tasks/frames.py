@@ -2,7 +2,7 @@
 
 Decoding is the pipeline's floor, so the work on kept frames rides on it: while the video
 decodes, kept frames are JPEG-encoded and stored by two threads and, when the flow passes
-the run's model, classified by a third (cv.streaming.StreamingClassifier). Each is fed
+the run's model, classified by a third (cv.model.streaming.StreamingClassifier). Each is fed
 through a bounded queue, so memory does not grow with the length of the scan.
 
 The model may still be loading when decoding starts (the flow submits load_model beside
@@ -16,122 +16,26 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture
-from pydantic import BaseModel
 
-from cv.frames import (
-    SampledFrame,
-    VideoInfo,
-    decoded_duration,
-    decoder_threads,
-    probe_video,
-    sample_frames,
+from cv.images import RGB, decode_jpeg
+from cv.quality.analysis import Fault, FrameQuality, judge_scan, raise_if_rejected
+from cv.video.frames import decoded_duration, decoder_threads, probe_video, sample_frames
+from scanflow.contracts.options import ScanOptions
+from scanflow.contracts.stages import (
+    FramesResult,
+    InferenceWhileDecoding,
+    KeptFrame,
+    ModelInfo,
+    VideoSummary,
 )
-from cv.images import RGB, decode_jpeg, encode_jpeg
-from cv.quality import (
-    Fault,
-    FrameQuality,
-    assess_scan,
-    frame_limits,
-    raise_if_rejected,
-    scan_faults,
-)
-from cv.streaming import StreamingClassifier
-from tasks.memory import trim_heap
-from tasks.models import ModelInfo, classifier_for, cpu_threads, save_predictions
-from tasks.options import ScanOptions
-from tasks.storage import join, store_for
-
-if TYPE_CHECKING:
-    from cv.heads import Classifier
-
-_IN_FLIGHT = 8  # kept frames being encoded/uploaded at once: bounds memory
-_STREAM_BATCH = 4  # kept frames a batch of the model while decoding
-_TRIM_EVERY = 16  # kept frames between returns of free heap pages (tasks.memory)
-# Kept frames that may wait for the model while it loads (~1.5 s: torch's import and the
-# weights), by their pixels: 48 MiB is 72 frames at 640x360, ~9 s of a 1080p video's
-# decoding at 2 frames kept a second.
-_BACKLOG_BYTES = 48 * 2**20
-
-
-class KeptFrame(BaseModel):
-    uri: str
-    local_path: str
-    index: int
-    time_s: float
-    sharpness: float
-    usable: bool
-
-
-class VideoSummary(BaseModel):
-    codec: str
-    width: int
-    height: int
-    fps: float | None
-    declared_duration_s: float | None
-    duration_s: float
-    size_bytes: int
-
-
-class QualitySummary(BaseModel):
-    usable: bool
-    frames_decoded: int
-    usable_frames: int
-    usable_fraction: float
-    duration_s: float
-    median_sharpness: float
-    sharpness_threshold: float
-    mean_brightness: float
-    blurry_fraction: float
-    dark_fraction: float
-    glare_fraction: float
-    fast_motion_fraction: float
-    time_coverage: float
-    longest_gap_s: float
-    reason: str | None = None
-    guidance: str | None = None
-
-
-class InferenceWhileDecoding(BaseModel):
-    """The model's predictions for the kept frames, made while the video decoded."""
-
-    path: str  # a local .npz in the run's work folder (tasks.models.save_predictions)
-    model_sha256: str
-    seconds: float  # time spent in the model
-    threads: int | None
-
-
-class FramesResult(BaseModel):
-    video: VideoSummary
-    quality: QualitySummary
-    kept: list[KeptFrame]
-    frame_quality_uri: str
-    warnings: list[str] = []
-    inference: InferenceWhileDecoding | None = None
-
-
-def _model_info(model: ModelInfo | PrefectFuture[ModelInfo]) -> ModelInfo:
-    """The run's model, waiting for load_model when it is still loading."""
-    return model if isinstance(model, ModelInfo) else model.result()
-
-
-def _settle(pending: list[Future[str]]) -> None:
-    """Drop the stores that are done, raising the first that failed: the list stays as short
-    as the frames in flight, not as long as the scan."""
-    still = []
-    for f in pending:
-        if f.done():
-            f.result()
-        else:
-            still.append(f)
-    pending[:] = still
+from scanflow.models.cache import cpu_threads, save_predictions
+from scanflow.storage import join, store_for
+from tasks._frames import FramePublisher, ModelHandOff, hand_off_model, model_info
 
 
 def load_frame(frame: KeptFrame) -> RGB:
@@ -153,7 +57,7 @@ FRAME_QUALITY_COLUMNS = [
 ]
 
 
-def _frame_quality_json(qualities: Sequence[FrameQuality], faults: list[Fault]) -> bytes:
+def frame_quality_json(qualities: Sequence[FrameQuality], faults: list[Fault]) -> bytes:
     """frame_quality.json, one row a decoded frame, written row by row: a 10-minute scan's
     18,000 rows as nested lists would cost several times the text."""
     rows = (
@@ -192,9 +96,9 @@ def extract_frames(
     kept frame while decoding goes on; run_inference picks the predictions up.
     """
     logger = get_run_logger()
-    path = Path(video_path)
+    path, work = Path(video_path), Path(work_dir)
     limits = options.limits.video_limits()
-    info: VideoInfo = probe_video(path, limits)
+    info = probe_video(path, limits)
     logger.info(
         "video: %s %dx%d, %.1f s at %.1f fps",
         info.codec,
@@ -203,123 +107,56 @@ def extract_frames(
         info.duration_s or -1,
         info.fps or -1,
     )
-    frames_dir = Path(work_dir) / "frames"
+    frames_dir = work / "frames"
     frames_dir.mkdir(parents=True, exist_ok=True)
     store = store_for(scan_uri)
-    sampled: list[tuple[FrameQuality, str, str]] = []  # not the pixels: memory stays flat
-    pending: list[Future[str]] = []
-    threads: int | None = None
-    classify: StreamingClassifier | None = None
-    in_flight = _IN_FLIGHT
+    handoff = None
+    publisher = FramePublisher(store, scan_uri, frames_dir)
     if model is not None:
-        loading = model
-
-        def load() -> Classifier:
-            return classifier_for(_model_info(loading), model_cache_dir or ".")
-
-        # the decoder keeps most cores busy; the model takes what is left (on a GPU,
-        # torch's CPU threads are all but idle)
-        threads = max(1, cpu_threads() // 2)
-        side = max(info.width, info.height)
-        scale = min(1.0, options.max_side / side) if side else 1.0
-        frame_bytes = max(1, int(info.width * scale) * int(info.height * scale) * 3)
-        # while the model loads, kept frames wait to be stored as well as classified
-        in_flight = max(_IN_FLIGHT, min(256, _BACKLOG_BYTES // frame_bytes))
-        # small batches: the model's activations are the largest transient allocation of
-        # the stage, and throughput on CPU is the same from 8 frames a batch
-        classify = StreamingClassifier(
-            load,
-            min(options.batch_size, _STREAM_BATCH),
-            threads,
-            backlog=in_flight,
-            after_batch=trim_heap,
-            spill=Path(work_dir) / "embeddings.f32",
-        )
-
-    def publish(local: Path, uri: str, frame: SampledFrame) -> str:
-        if classify is not None:
-            classify.wait_loaded()  # a bad model fails the run before anything is stored
-        data = encode_jpeg(frame.rgb)
-        local.write_bytes(data)
-        return store.put_bytes(uri, data, "image/jpeg")
-
-    # JPEG encoding, upload and the model release the GIL: overlap them with decoding.
-    with (
-        ThreadPoolExecutor(max_workers=2, thread_name_prefix="frames") as pool,
-        classify or nullcontext(),
-    ):
-
-        def on_frame(frame: SampledFrame) -> None:
-            name = f"{frame.quality.index:06d}.jpg"
-            local, uri = frames_dir / name, join(scan_uri, "frames", name)
-            sampled.append((frame.quality, str(local), uri))
-            pending.append(pool.submit(publish, local, uri, frame))
-            if classify is not None:
-                classify.push(frame.rgb)
-            if len(sampled) % _TRIM_EVERY == 0:
-                trim_heap()
-            _settle(pending)
-            # the backlog only while the model loads: afterwards a long scan would keep it
-            # full, and peak above a short one
-            model_loading = classify is not None and classify.model is None
-            while len(pending) >= (in_flight if model_loading else _IN_FLIGHT):
-                pending[0].result()
-                _settle(pending)
-
+        handoff = hand_off_model(model, info, options, work, model_cache_dir)
+        publisher = FramePublisher(store, scan_uri, frames_dir, handoff.classifier, handoff.backlog)
+    with publisher:
         decoded = sample_frames(
             path,
             info,
             limits,
             sample_fps=options.sample_fps,
             max_side=options.max_side,
-            on_frame=on_frame,
+            on_frame=publisher.on_frame,
             decoder_threads=decoder_threads(cpu_threads()),
         )
-        for f in pending:
-            f.result()
-        ahead = None
-        if classify is not None and model is not None:
-            predictions = Path(work_dir) / "predictions.npz"
-            save_predictions(classify.finish(), predictions)
-            chosen = _model_info(model)
-            on_cpu = classify.model is not None and classify.model.backbone.device.type == "cpu"
-            ahead = InferenceWhileDecoding(
-                path=str(predictions),
-                model_sha256=chosen.sha256,
-                seconds=round(classify.busy_s, 4),
-                threads=threads if on_cpu else None,
-            )
+        sampled = publisher.finish()
+        ahead = _predictions(handoff, model, work) if handoff and model is not None else None
     qualities = decoded.qualities
     for warning in decoded.warnings:
         logger.warning("%s: %s", path.name, warning)
     duration = decoded_duration(qualities, info.fps)
-    t = options.thresholds()
-    verdict = assess_scan(qualities, duration, t)
-    faults = scan_faults(qualities, frame_limits(qualities, t), t)
+    verdict = judge_scan(qualities, duration, options.thresholds())
     kept = [
         KeptFrame(
-            uri=uri,
-            local_path=local,
-            index=q.index,
-            time_s=q.time_s,
-            sharpness=q.sharpness,
-            usable=faults[q.index] == Fault.NONE,
+            uri=s.uri,
+            local_path=s.local_path,
+            index=s.quality.index,
+            time_s=s.quality.time_s,
+            sharpness=s.quality.sharpness,
+            usable=verdict.faults[s.quality.index] == Fault.NONE,
         )
-        for q, local, uri in sampled
+        for s in sampled
     ]
     fq_uri = store.put_bytes(
         join(scan_uri, "frame_quality.json"),
-        _frame_quality_json(qualities, faults),
+        frame_quality_json(qualities, verdict.faults),
         "application/json",
     )
+    quality = verdict.quality
     logger.info(
         "decoded %d frames, kept %d, %d usable (%.0f%%)",
-        verdict.frames_decoded,
+        quality.frames_decoded,
         len(kept),
-        verdict.usable_frames,
-        100 * verdict.usable_fraction,
+        quality.usable_frames,
+        100 * quality.usable_fraction,
     )
-    raise_if_rejected(verdict)
+    raise_if_rejected(quality)
     return FramesResult(
         video=VideoSummary(
             codec=info.codec,
@@ -330,11 +167,25 @@ def extract_frames(
             duration_s=duration,
             size_bytes=info.size_bytes,
         ),
-        quality=QualitySummary(
-            **{**verdict.__dict__, "reason": verdict.reason.value if verdict.reason else None}
-        ),
+        quality=quality,
         kept=kept,
         frame_quality_uri=fq_uri,
         warnings=list(decoded.warnings),
         inference=ahead,
+    )
+
+
+def _predictions(
+    handoff: ModelHandOff, model: ModelInfo | PrefectFuture[ModelInfo], work: Path
+) -> InferenceWhileDecoding:
+    """Save what the classifier predicted while decoding, for run_inference."""
+    classify = handoff.classifier
+    path = work / "predictions.npz"
+    save_predictions(classify.finish(), path)
+    on_cpu = classify.model is not None and classify.model.backbone.device.type == "cpu"
+    return InferenceWhileDecoding(
+        path=str(path),
+        model_sha256=model_info(model).sha256,
+        seconds=round(classify.busy_s, 4),
+        threads=handoff.threads if on_cpu else None,
     )

@@ -2,7 +2,7 @@
 then embeddings and per-frame views of the kept frames.
 
 The model is loaded once per process (``load_model`` loads it; ``extract_frames`` and
-``run_inference`` find it in the same cache, tasks.models) and shared by every run in that
+``run_inference`` find it in the same cache, scanflow.models.cache) and shared by every run in that
 process that uses the same package on the same device. The flow has ``extract_frames`` run
 the model on each kept frame while the video is still decoding; ``run_inference`` then
 stores and summarises those predictions, and computes them itself only when it was given
@@ -25,45 +25,30 @@ from typing import Any, overload
 
 import numpy as np
 from prefect import get_run_logger, task
-from pydantic import BaseModel, Field
 
 from cv.images import RGB
-from cv.predictions import view_coverage
-from tasks.frames import FramesResult, KeptFrame, load_frame
-from tasks.models import ModelInfo, classifier, classifier_for, cpu_threads, load_predictions
-from tasks.options import ModelRef
-from tasks.storage import join, store_for
+from cv.model.predictions import view_coverage
+from scanflow.contracts.options import ModelRef
+from scanflow.contracts.stages import (
+    FramesResult,
+    InferenceResult,
+    KeptFrame,
+    ModelInfo,
+    ViewCoverage,
+)
+from scanflow.models.cache import classifier, classifier_for, cpu_threads, load_predictions
+from scanflow.storage import join, store_for
+from tasks.frames import load_frame
 
 __all__ = ["ModelInfo", "cpu_threads", "load_model", "run_inference"]
 
 MIN_VIEW_CONFIDENCE = 0.5
 
 
-class ViewCoverage(BaseModel):
-    """Views seen among the usable kept frames (per-frame predictions: artifacts.views)."""
-
-    frames: dict[str, int] = Field(description="Usable frames confidently showing each view.")
-    uncertain: int = Field(description="Usable frames with no view above min_confidence.")
-    usable: int
-    missing: list[str] = Field(description="Standard views with fewer than min_frames frames.")
-    min_confidence: float
-    min_frames: int
-
-
-class InferenceResult(BaseModel):
-    embeddings_uri: str
-    views_uri: str
-    model: ModelInfo
-    views: ViewCoverage
-    frames: int
-    frames_per_second: float
-    threads: int | None = None
-
-
 @task(name="load-model")
 def load_model(pinned: ModelRef, device: str, cache_dir: str) -> ModelInfo:
     """Choose the run's model, fetch, verify and load it: a bad model fails here."""
-    from tasks.registry import choose_model  # torch: in this task's thread
+    from scanflow.models.registry import choose_model  # torch: in this task's thread
 
     logger = get_run_logger()
     ref, why = choose_model(pinned)
@@ -106,7 +91,7 @@ def run_inference(
         when = "while decoding"
     else:
         n_threads = (threads or cpu_threads()) if clf.backbone.device.type == "cpu" else None
-        from cv.heads import classify_frames
+        from cv.model.heads import classify_frames
 
         start = time.perf_counter()
         pred = classify_frames(clf, KeptImages(frames.kept), batch_size, n_threads)

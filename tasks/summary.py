@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import get_run_logger, task
-from pydantic import BaseModel
 
 from cv.images import encode_jpeg
-from cv.summary import (
+from cv.summary.render import (
     SUMMARY_FPS,
     SummaryFrame,
     choose_keyframes,
@@ -16,27 +15,13 @@ from cv.summary import (
     contact_sheet,
     render_summary_video,
 )
-from tasks.frames import FramesResult, load_frame
-from tasks.inference import MIN_VIEW_CONFIDENCE, InferenceResult, load_embeddings, load_views
-from tasks.options import ScanOptions
-from tasks.storage import join, store_for
+from scanflow.contracts.options import ScanOptions
+from scanflow.contracts.stages import FramesResult, InferenceResult, Keyframe, SummaryResult
+from scanflow.storage import join, store_for
+from tasks.frames import load_frame
+from tasks.inference import MIN_VIEW_CONFIDENCE, load_embeddings, load_views
 
 _SECONDS_PER_FRAME = 0.5
-
-
-class Keyframe(BaseModel):
-    uri: str
-    kept_index: int
-    time_s: float
-    sharpness: float
-
-
-class SummaryResult(BaseModel):
-    video_uri: str
-    video_frames: int
-    video_seconds: float
-    contact_sheet_uri: str
-    keyframes: list[Keyframe]
 
 
 @task(name="render-summary")

@@ -5,37 +5,31 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict
 from datetime import UTC, datetime
 
 from prefect import get_run_logger, task
-from pydantic import BaseModel
 
 from cv.images import decode_jpeg, encode_jpeg, encode_png
 from cv.synthetic import VIEWS
-from cv.tracking import best_frame_per_view, register, render_change_map
-from cv.trend import render_trend
-from tasks.frames import FramesResult, load_frame
-from tasks.inference import MIN_VIEW_CONFIDENCE, InferenceResult, load_views
-from tasks.manifest import (
-    MANIFEST_NAME,
-    Manifest,
+from cv.tracking.registration import best_frame_per_view, register, render_change_map
+from cv.tracking.trend import render_trend
+from scanflow.contracts.manifest import MANIFEST_NAME, Manifest, read_manifest
+from scanflow.contracts.stages import (
+    FramesResult,
+    InferenceResult,
+    TrackingResult,
     TrackingSummary,
     Trend,
     TrendPoint,
     ViewChange,
     ViewFrame,
-    read_manifest,
 )
-from tasks.storage import join, store_for
+from scanflow.storage import join, store_for
+from tasks.frames import load_frame
+from tasks.inference import MIN_VIEW_CONFIDENCE, load_views
 
 _COMPARED_FIGURES = ("usable_fraction", "time_coverage", "median_sharpness")
-
-
-class TrackingResult(BaseModel):
-    view_frames: list[ViewFrame]
-    summary: TrackingSummary | None
-    trend: Trend
-    uri: str | None
 
 
 def completed_scans(results_root: str, patient_id: str) -> list[Manifest]:
@@ -104,21 +98,14 @@ def _compare(
         store_for(map_uri).put_bytes(
             map_uri, encode_jpeg(render_change_map(cur, change_map)), "image/jpeg"
         )
+    figures = {k: v for k, v in asdict(reg).items() if k in ViewChange.model_fields}
     return ViewChange(
+        **{**figures, "reprojection_px": _finite(reg.reprojection_px)},
         view=view,
         status="compared" if reg.trustworthy else "untrustworthy",
         current_frame=current.uri,
         previous_frame=previous.uri,
-        inliers=reg.inliers,
-        inlier_ratio=reg.inlier_ratio,
-        reprojection_px=_finite(reg.reprojection_px),
-        refined_by_ecc=reg.refined_by_ecc,
-        overlap=reg.overlap,
-        change_score=reg.change_score,
-        changed=reg.changed,
-        displacement_px=reg.displacement_px,
         change_map=map_uri,
-        reason=reg.reason,
     )
 
 

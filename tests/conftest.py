@@ -26,19 +26,17 @@ from pathlib import Path
 import pytest
 
 from cv.synthetic import ScanSpec, SyntheticScan, render_scan
+from scanflow.local.loopback import free_port
+
+# fixtures shared across the tree: models (weights, backbone, a trained package)
+pytest_plugins = ["tests.support.models"]
 
 _STATE: dict[str, object] = {}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _configure_environment() -> None:
     home = Path(tempfile.mkdtemp(prefix="scanflow-test-"))
-    port, s3_port = _free_port(), _free_port()
+    port, s3_port = free_port(), free_port()
     _STATE.update(home=home, port=port, s3_port=s3_port)
     os.environ.update(
         {
@@ -54,7 +52,7 @@ def _configure_environment() -> None:
             "AWS_ACCESS_KEY_ID": "testing",
             "AWS_SECRET_ACCESS_KEY": "testing",
             "AWS_DEFAULT_REGION": "us-east-1",
-            # scans are rendered under the temporary folder (tests/hostile checks the
+            # scans are rendered under the temporary folder (tests/system/hostile checks the
             # default roots and the refusals)
             "SCANFLOW_INPUT_ROOTS": Path(tempfile.gettempdir()).resolve().as_uri(),
         }
@@ -102,8 +100,8 @@ def test_home() -> Path:
 @pytest.fixture(scope="session")
 def prefect_server() -> str:
     """A real Prefect server on SQLite, started by the project's own LocalStack."""
-    from flows.server import LocalStack
-    from flows.settings import Settings
+    from scanflow.local.stack import LocalStack
+    from scanflow.settings import Settings
 
     stack = LocalStack(Settings())
     _STATE["stack"] = stack

@@ -14,41 +14,23 @@ import json
 import os
 import re
 import secrets
-import shutil
 import subprocess
 import sys
 import time
-import zipfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from deployments.rehearsal import cfn
-from deployments.rehearsal.loopback import MotoServer, Receiver, free_port
 from deployments.rehearsal.runbook import RunbookError, Shell, Step, one, options, read_steps
-from flows.settings import REPO_ROOT
+from deployments.rehearsal.watch import PROBES, watch_uploads
+from scanflow.local.loopback import MotoServer, Receiver, free_port
+from scanflow.settings import REPO_ROOT
 
 REGION = "eu-west-1"
 # A new account's Lambda concurrency: reserving any of it fails (AWS keeps 100 unreserved).
 ACCOUNT_CONCURRENCY = 10
-# moto's container instances offer 4096 CPU units and 7482 MiB: the GPU probe run asks less.
-GPU_PROBE_SIZE = {"cpu": 2048, "memory": 6144}
-FARGATE_SIZES = {
-    256: {512, 1024, 2048},
-    512: set(range(1024, 4097, 1024)),
-    1024: set(range(2048, 8193, 1024)),
-    2048: set(range(4096, 16385, 1024)),
-    4096: set(range(8192, 30721, 1024)),
-}
-# What the rehearsal uploads besides the runbook's own test upload: every allowed
-# extension, in the cases phones write, and one upload the trigger must refuse.
-PROBES = {
-    "patients/demo-patient/scans/probe-a.mp4": True,
-    "patients/demo-patient/scans/probe-b.m4v": True,
-    "patients/demo-patient/scans/probe-c.MP4": True,
-    "patients/demo-patient/scans/notes.txt": False,
-}
 
 
 class RehearsalFailed(Exception):
@@ -99,7 +81,7 @@ class Rehearsal:
         self.reports: list[StepReport] = []
         self.step: Step | None = None
         self.signing_key = "whsec-rehearsal-" + secrets.token_hex(16)
-        self.receiver = Receiver(self.signing_key)
+        self.receiver = Receiver("platform", secret=self.signing_key)
         self.moto = MotoServer(workdir / "moto.log")
         self.prefect_port = free_port()
         self.api_url = f"http://127.0.0.1:{self.prefect_port}/api"
@@ -147,8 +129,8 @@ class Rehearsal:
             "AWS_SESSION_TOKEN",
         ):
             os.environ.pop(name, None)
-        from flows.server import LocalStack
-        from flows.settings import Settings
+        from scanflow.local.stack import LocalStack
+        from scanflow.settings import Settings
 
         self.stack = LocalStack(Settings())
         self.stack.start_server()
@@ -246,7 +228,7 @@ class Rehearsal:
             "AWS_REGION": REGION,
             "VPC_ID": vpc,
             "SUBNET_IDS": subnets,
-            "PLATFORM_WEBHOOK_URL": self.receiver.url,
+            "PLATFORM_WEBHOOK_URL": self.receiver.url + "/scanflow/events",
         }
         shell = Shell(env=self.env, workdir=self.workdir, site=site)
         shell.handlers.update(
@@ -377,16 +359,14 @@ class Rehearsal:
         return f"Created work pool {name!r}"
 
     def scanflow(self, words: list[str], env: dict[str, str], stdin: str | None) -> str:
-        self.last_output = self.subprocess(
-            [sys.executable, "-m", "flows.cli", *words[1:]], env, stdin
-        )
+        argv = [sys.executable, "-m", "scanflow.cli.main", *self.paths(words[1:])]
+        self.last_output = self.subprocess(argv, env, stdin)
         return self.last_output
 
     def python(self, words: list[str], env: dict[str, str], stdin: str | None) -> str:
-        return self.subprocess([sys.executable, *words[1:]], env, stdin)
+        return self.subprocess([sys.executable, *self.paths(words[1:])], env, stdin)
 
     def subprocess(self, argv: list[str], env: dict[str, str], stdin: str | None) -> str:
-        argv = [str(self.path(a)) if a.startswith("/tmp/") else a for a in argv]
         done = subprocess.run(
             argv,
             cwd=self.repo,
@@ -401,6 +381,10 @@ class Rehearsal:
                 f"exit {done.returncode}: {(done.stdout + done.stderr).strip()[-1500:]}"
             )
         return done.stdout
+
+    def paths(self, words: list[str]) -> list[str]:
+        """The runbook's words with its /tmp/ files in the rehearsal's folder."""
+        return [str(self.path(w)) if w.startswith("/tmp/") else w for w in words]
 
     def path(self, name: str) -> Path:
         if name.startswith("/tmp/"):
@@ -485,7 +469,7 @@ class Rehearsal:
     def doctor(self, *groups: str) -> list[str]:
         """Run ``scanflow doctor``'s checks of these groups here; fail on any FAIL."""
         from deployments.doctor import Doctor
-        from flows.settings import Settings
+        from scanflow.settings import Settings
 
         # the settings of the reader's shell at this point of the runbook
         scanflow = {k: v for k, v in self.env.items() if k.startswith("SCANFLOW_")}
@@ -497,11 +481,6 @@ class Rehearsal:
         if failed:
             raise self.fail("; ".join(c.line().replace("\n", " ") for c in failed))
         return lines
-
-
-def _fargate_ok(taskdef: dict[str, Any]) -> bool:
-    cpu, memory = int(taskdef.get("cpu") or 0), int(taskdef.get("memory") or 0)
-    return memory in FARGATE_SIZES.get(cpu, set())
 
 
 async def _provision_push_pool(name: str, template: dict[str, Any]) -> dict[str, Any]:
@@ -606,8 +585,6 @@ def _after_trigger(r: Rehearsal) -> list[str]:
 
 
 def _after_upload(r: Rehearsal) -> list[str]:
-    from deployments.rehearsal.watch import watch_uploads
-
     return watch_uploads(r, PROBES)
 
 
@@ -626,15 +603,3 @@ CHECKS: dict[str, Callable[[Rehearsal], list[str]]] = {
     "Send a test upload": _after_upload,
     "Check the deployment": _after_doctor,
 }
-
-
-def unzip(data: bytes, into: Path) -> Path:
-    """The Lambda's code as its runtime unpacks it."""
-    if into.exists():
-        shutil.rmtree(into)
-    into.mkdir(parents=True)
-    import io
-
-    with zipfile.ZipFile(io.BytesIO(data)) as zf:
-        zf.extractall(into)
-    return into

@@ -7,11 +7,14 @@ the platform hears of it from the run's hook and from the automation's notify-cl
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +24,23 @@ if TYPE_CHECKING:
     from deployments.rehearsal.production import Rehearsal
 
 POLL_S = 0.5
+# moto's container instances offer 4096 CPU units and 7482 MiB: the GPU probe run asks less.
+GPU_PROBE_SIZE = {"cpu": 2048, "memory": 6144}
+FARGATE_SIZES = {
+    256: {512, 1024, 2048},
+    512: set(range(1024, 4097, 1024)),
+    1024: set(range(2048, 8193, 1024)),
+    2048: set(range(4096, 16385, 1024)),
+    4096: set(range(8192, 30721, 1024)),
+}
+# What the rehearsal uploads besides the runbook's own test upload: every allowed
+# extension, in the cases phones write, and one upload the trigger must refuse.
+PROBES = {
+    "patients/demo-patient/scans/probe-a.mp4": True,
+    "patients/demo-patient/scans/probe-b.m4v": True,
+    "patients/demo-patient/scans/probe-c.MP4": True,
+    "patients/demo-patient/scans/notes.txt": False,
+}
 
 
 def watch_uploads(r: Rehearsal, probes: dict[str, bool]) -> list[str]:
@@ -82,8 +102,6 @@ def pump_uploads(r: Rehearsal, bucket: str, expected: list[str]) -> dict[str, An
         )["Body"]
         .read()
     )
-    from deployments.rehearsal.production import unzip
-
     unzip(zipped, code)
     env = {
         **config["Environment"]["Variables"],
@@ -277,9 +295,8 @@ def check_task(r: Rehearsal, arn: str, submitter: str, *, fargate: bool) -> str:
 
 
 def _fargate_size(taskdef: dict[str, Any]) -> bool:
-    from deployments.rehearsal.production import _fargate_ok
-
-    return _fargate_ok(taskdef)
+    cpu, memory = int(taskdef.get("cpu") or 0), int(taskdef.get("memory") or 0)
+    return memory in FARGATE_SIZES.get(cpu, set())
 
 
 def execute(r: Rehearsal, pool: str, run: Any) -> list[str]:
@@ -422,8 +439,6 @@ def gpu_probe(r: Rehearsal) -> list[str]:
 async def _create_gpu_run() -> Any:
     from prefect.client.orchestration import get_client
 
-    from deployments.rehearsal.production import GPU_PROBE_SIZE
-
     async with get_client() as client:
         deployment = await client.read_deployment_by_name("process-scan/ecs-gpu")
         return await client.create_flow_run_from_deployment(
@@ -436,3 +451,13 @@ async def _create_gpu_run() -> Any:
             name="gpu-probe",
             job_variables=GPU_PROBE_SIZE,
         )
+
+
+def unzip(data: bytes, into: Path) -> Path:
+    """The Lambda's code as its runtime unpacks it."""
+    if into.exists():
+        shutil.rmtree(into)
+    into.mkdir(parents=True)
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        zf.extractall(into)
+    return into

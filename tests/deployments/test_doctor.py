@@ -17,8 +17,8 @@ import boto3
 import httpx
 import pytest
 
-from deployments.rehearsal.loopback import free_port
-from flows.settings import REPO_ROOT
+from scanflow.local.loopback import free_port
+from scanflow.settings import REPO_ROOT
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -51,7 +51,7 @@ class World:
         self, *args: str, stdin: str | None = None, **extra: str
     ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "flows.cli", *args],
+            [sys.executable, "-m", "scanflow.cli.main", *args],
             cwd=REPO_ROOT,
             env=self.process_env(**extra),
             input=stdin,
@@ -151,7 +151,7 @@ def test_an_unreachable_api_or_no_aws_credentials_is_one_line(world: World) -> N
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         env.pop(key)
     done = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "doctor"],
+        [sys.executable, "-m", "scanflow.cli.main", "doctor"],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,

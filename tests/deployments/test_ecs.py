@@ -29,9 +29,9 @@ import pytest
 
 from cv.synthetic import SyntheticScan
 from deployments.dockerfile import parse_dockerfile
-from deployments.work_pools import apply_pool
-from flows.server import LocalStack
-from flows.settings import REPO_ROOT, Settings
+from deployments.pool_api import apply_pool
+from scanflow.local.stack import LocalStack
+from scanflow.settings import REPO_ROOT, Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -54,7 +54,7 @@ def deployed(prefect_server: str, tmp_path_factory: pytest.TempPathFactory) -> d
     LocalStack(Settings()).ensure_pool()
     asyncio.run(apply_pool("scanflow-gpu", cloud=False))
     done = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "deploy", "local", "ecs-gpu"],
+        [sys.executable, "-m", "scanflow.cli.main", "deploy", "local", "ecs-gpu"],
         env=env,
         capture_output=True,
         text=True,
@@ -67,7 +67,7 @@ def deployed(prefect_server: str, tmp_path_factory: pytest.TempPathFactory) -> d
 def test_scanflow_deploy_refuses_while_a_variable_it_reads_is_unset(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from flows.cli import main
+    from scanflow.cli.main import main
 
     for name, value in DEPLOY_ENV.items():
         monkeypatch.setenv(name, value)
@@ -247,7 +247,7 @@ def test_the_image_command_runs_the_submitted_flow_run(
 def test_scanflow_pools_apply_updates_in_place_and_refuses_push_pools_off_cloud(
     deployed: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from flows.cli import main
+    from scanflow.cli.main import main
 
     assert main(["pools", "apply", "scanflow-gpu"]) == 0
     assert "scanflow-gpu (ecs): updated" in capsys.readouterr().out

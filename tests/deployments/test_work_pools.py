@@ -18,7 +18,7 @@ from prefect.utilities.templating import find_placeholders
 from prefect_aws.workers.ecs_worker import ECSJobConfiguration, ECSVariables, ECSWorker
 
 from deployments import work_pools
-from flows.settings import REPO_ROOT
+from scanflow.settings import REPO_ROOT
 
 # AWS Fargate's valid task sizes: CPU units -> allowed memory (MiB).
 FARGATE_SIZES = {
@@ -160,7 +160,7 @@ def test_the_gpu_stack_passes_cfn_lint_and_matches_the_pool_and_deployment() -> 
 
     from cfnlint.decode import decode
 
-    from deployments.commands import required_env
+    from scanflow.cli.production import required_env
 
     path = REPO_ROOT / "deployments" / "ecs-gpu" / "template.yaml"
     lint = subprocess.run(

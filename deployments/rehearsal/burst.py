@@ -1,0 +1,850 @@
+"""Burst: N scans uploaded within a few seconds, each submitted by the Lambda trigger to a
+self-hosted Prefect server with a process-pool worker; every one must end exactly once.
+
+    python bench/burst.py [-n 500] [--within 10] [--database postgres|sqlite]
+                          [--mix-bad 0.1] [--redeliver 0.05] [--lambda-concurrency 20]
+                          [--pool-concurrency 2] [--auth] [--json out.json]
+
+All of it real and on loopback, in a temporary home on free ports:
+
+- moto's S3 server holding the uploads (a short synthetic scan per key);
+- a stack brought up by ``scanflow up`` (Prefect server on SQLite, or on a PostgreSQL database
+  of its own that is dropped at the end; the ``process`` pool, the ``local`` deployment and a
+  worker), optionally with basic auth on;
+- the Lambda handler (``deployments/trigger/scanflow_trigger``) called in-process with S3
+  ``ObjectCreated`` events, from as many threads as the function's reserved concurrency, the
+  uploads spread evenly over ``--within`` seconds. Some events are delivered twice (S3
+  delivers at least once); an invocation that raises is invoked again twice, as Lambda
+  retries an asynchronous event, and then counts as dead-lettered.
+
+``--mix-bad F`` makes a fraction F of the uploads bad, in turn: random bytes named .mp4 and
+a 2 s scan (both end as Failed runs with a patient reason code: ``rejected``), a key with no
+object behind it (``[not_found]``, rejected), and an empty upload that the trigger itself
+refuses (``refused``: no run).
+
+The report: accepted (runs created), refused, dead-lettered, completed, rejected, failed,
+crashed, cancelled, lost (accepted but never final), duplicates (a scan with more than one run,
+a run that went Running more than once, or a manifest that names another run), 503-style
+retries the trigger made, time to submit and to drain, and the peak resident memory of the
+server and of the worker (its flow-run processes included) sampled every 0.5 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote_plus
+
+import httpx
+
+from scanflow.local.loopback import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+TRIGGER_DIR = ROOT / "deployments" / "trigger"
+BUCKET = "scanflow-burst"
+DEPLOYMENT = "process-scan/local"
+FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+OPEN = ["SCHEDULED", "PENDING", "RUNNING", "PAUSED", "CANCELLING"]
+BAD_KINDS = ("unreadable", "too_short", "missing", "empty")
+# Invocations in flight: the Lambda template's reserved concurrency for PostgreSQL (or
+# Prefect Cloud); SQLite's single writer accepts a burst fastest from two (README, "Bursts").
+DEFAULT_LAMBDA_CONCURRENCY = {"postgres": 20, "sqlite": 2}
+
+
+# -- the scans ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One object put into the uploads bucket, and what its scan should end as."""
+
+    index: int
+    kind: str  # "good" or one of BAD_KINDS
+    key: str
+    size: int
+    etag: str
+
+    @property
+    def scan_id(self) -> str:
+        return f"burst-{self.index:04d}"
+
+    @property
+    def patient_id(self) -> str:
+        return f"p-{self.index:04d}"
+
+    @property
+    def expected(self) -> str:
+        if self.kind == "good":
+            return "completed"
+        return "refused" if self.kind == "empty" else "rejected"
+
+    def event(self) -> dict[str, Any]:
+        """The S3 notification Lambda receives for this upload (one record)."""
+        return {
+            "Records": [
+                {
+                    "eventVersion": "2.1",
+                    "eventSource": "aws:s3",
+                    "awsRegion": "us-east-1",
+                    "eventTime": "2025-05-01T10:00:00.000Z",
+                    "eventName": "ObjectCreated:Put",
+                    "s3": {
+                        "s3SchemaVersion": "1.0",
+                        "bucket": {"name": BUCKET, "arn": f"arn:aws:s3:::{BUCKET}"},
+                        "object": {
+                            "key": quote_plus(self.key, safe="/"),
+                            "size": self.size,
+                            "eTag": self.etag,
+                        },
+                    },
+                }
+            ]
+        }
+
+
+def render_media(folder: Path, seconds: float, width: int, height: int) -> dict[str, bytes]:
+    """The bytes of each kind of upload: a short good scan and the bad ones."""
+    from cv.synthetic import ScanSpec, render_scan
+
+    folder.mkdir(parents=True, exist_ok=True)
+    good, short = folder / "good.mp4", folder / "short.mp4"
+    render_scan(good, ScanSpec(width=width, height=height, fps=10, duration_s=seconds, seed=5))
+    render_scan(short, ScanSpec(width=width, height=height, fps=10, duration_s=2.0, seed=6))
+    return {
+        "good": good.read_bytes(),
+        "too_short": short.read_bytes(),
+        "unreadable": random.Random(7).randbytes(40_000),
+        "empty": b"",
+    }
+
+
+def plan_uploads(n: int, mix_bad: float) -> list[str]:
+    """The kind of each upload: bad ones spread evenly through the burst."""
+    kinds = ["good"] * n
+    bad = round(n * mix_bad)
+    for j in range(bad):
+        kinds[int((j + 0.5) * n / bad)] = BAD_KINDS[j % len(BAD_KINDS)]
+    return kinds
+
+
+def s3_client(s3_url: str) -> Any:
+    """A client of the uploads bucket on moto's server (created on first use)."""
+    import boto3
+
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=s3_url,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou):
+        s3.create_bucket(Bucket=BUCKET)
+    return s3
+
+
+def put_uploads(s3_url: str, kinds: list[str], media: dict[str, bytes]) -> list[Upload]:
+    s3 = s3_client(s3_url)
+    uploads = []
+    for i, kind in enumerate(kinds):
+        key = f"patients/p-{i:04d}/scans/burst-{i:04d}.mp4"
+        if kind == "missing":  # an event for an object that is gone by the time it is read
+            uploads.append(Upload(i, kind, key, 50_000, uuid.uuid4().hex))
+            continue
+        body = media[kind]
+        etag = s3.put_object(Bucket=BUCKET, Key=key, Body=body)["ETag"].strip('"')
+        uploads.append(Upload(i, kind, key, len(body), etag))
+    return uploads
+
+
+# -- the stack ---------------------------------------------------------------------------
+
+
+class BurstStack:
+    """moto's S3 server and a scanflow stack of their own, in a temporary home.
+
+    The stack is driven through the ``scanflow`` command line in subprocesses whose
+    environment points at it only; this process talks to it with explicit URLs.
+    """
+
+    def __init__(
+        self,
+        database: str = "sqlite",
+        *,
+        pool_concurrency: int = 2,
+        auth: str | None = None,
+        extra_env: dict[str, str] | None = None,
+        name: str = "burst",
+    ) -> None:
+        self.database = database
+        self.home = Path(tempfile.mkdtemp(prefix=f"scanflow-{name}-"))
+        self.port, self.s3_port = free_port(), free_port()
+        self.api_url = f"http://127.0.0.1:{self.port}/api"
+        self.s3_url = f"http://127.0.0.1:{self.s3_port}"
+        self.auth = auth
+        self.pg_database = f"scanflow_{name}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+        self.moto: subprocess.Popen[bytes] | None = None
+        self.keep_home = False
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("PREFECT_", "SCANFLOW_", "AWS_"))
+        }
+        env.update(
+            {
+                "PREFECT_API_URL": self.api_url,
+                "PREFECT_HOME": str(self.home / "prefect"),
+                "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                "PREFECT_SERVER_UI_ENABLED": "false",
+                "DO_NOT_TRACK": "1",
+                "SCANFLOW_HOME": str(self.home),
+                "SCANFLOW_SERVER_PORT": str(self.port),
+                "SCANFLOW_WORKER_QUERY_SECONDS": "1",
+                "SCANFLOW_POOL_CONCURRENCY": str(pool_concurrency),
+                "SCANFLOW_RESULTS_URI": (self.home / "results").as_uri(),
+                "SCANFLOW_INPUT_ROOTS": f"s3://{BUCKET}/patients/",
+                "SCANFLOW_DATABASE": database,
+                "SCANFLOW_POSTGRES_URL": (
+                    f"postgresql+asyncpg://postgres@127.0.0.1:5432/{self.pg_database}"
+                ),
+                "AWS_ENDPOINT_URL_S3": self.s3_url,
+                "AWS_ACCESS_KEY_ID": "testing",
+                "AWS_SECRET_ACCESS_KEY": "testing",
+                "AWS_DEFAULT_REGION": "us-east-1",
+            }
+        )
+        if auth:
+            env["SCANFLOW_SERVER_AUTH"] = auth
+        env.update(extra_env or {})
+        self.env = env
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "scanflow.cli.main", *args],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def start_s3(self) -> None:
+        self.moto = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.s3_port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.s3_port), timeout=0.5),
+            ):
+                return
+            time.sleep(0.2)
+        raise RuntimeError("moto's S3 server did not start")
+
+    def up(self) -> None:
+        out = self.cli("up")
+        if out.returncode != 0:
+            log = self.home / "logs" / "server.log"
+            tail = log.read_text()[-3000:] if log.is_file() else ""
+            raise RuntimeError(f"scanflow up failed:\n{out.stdout}\n{out.stderr}\n{tail}")
+
+    def down(self, keep_home: bool = False) -> None:
+        with contextlib.suppress(subprocess.SubprocessError):
+            self.cli("down", timeout=120)
+        if self.moto is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.moto.pid, signal.SIGTERM)
+            self.moto.wait(timeout=20)
+        if self.database == "postgres":
+            asyncio.run(drop_postgres_database(self.pg_database))
+        if not keep_home:
+            shutil.rmtree(self.home, ignore_errors=True)
+
+    def __enter__(self) -> BurstStack:
+        try:
+            self.start_s3()
+            self.up()
+        except BaseException:
+            self.down()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.down(keep_home=self.keep_home or bool(os.environ.get("SCANFLOW_KEEP_TEST_HOME")))
+
+    # -- what runs -----------------------------------------------------------------------
+    def pid(self, service: str) -> int | None:
+        try:
+            return int((self.home / "run" / f"{service}.pid").read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def client(self) -> httpx.Client:
+        auth = tuple(self.auth.split(":", 1)) if self.auth else None
+        return httpx.Client(base_url=self.api_url, auth=auth, timeout=60)  # type: ignore[arg-type]
+
+    def trigger_env(self) -> dict[str, str]:
+        """The Lambda function's environment, as its template sets it, pointed here."""
+        env = {
+            "PREFECT_API_URL": self.api_url,
+            "SCANFLOW_DEPLOYMENT": DEPLOYMENT,
+            "SCANFLOW_ALLOWED_BUCKETS": BUCKET,
+            "SCANFLOW_ALLOWED_PREFIXES": "patients/",
+            "SCANFLOW_RUN_TAGS": "scanflow,s3-upload,burst",
+        }
+        if self.auth:
+            env["PREFECT_API_AUTH_STRING"] = self.auth
+        return env
+
+
+async def drop_postgres_database(name: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(host="127.0.0.1", port=5432, user="postgres", database="postgres")
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+# -- the trigger, invoked as Lambda would -------------------------------------------------
+
+
+class _Context:
+    """The Lambda context: only its clock is read (the template's timeout is 60 s)."""
+
+    def __init__(self, seconds: float = 60.0) -> None:
+        self._end = time.monotonic() + seconds
+
+    def get_remaining_time_in_millis(self) -> int:
+        return int((self._end - time.monotonic()) * 1000)
+
+
+@dataclass
+class Invocation:
+    upload: Upload
+    attempts: int = 0
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    answered_at: float | None = None
+
+
+@dataclass
+class Submission:
+    invocations: list[Invocation]
+    retries: int  # requests the trigger sent again (503, 429, dropped connections)
+    started: float
+    finished: float
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def submit_burst(
+    stack: BurstStack,
+    uploads: list[Upload],
+    *,
+    within_s: float,
+    concurrency: int,
+    redeliver: float,
+    lambda_retries: int = 2,
+    seed: int = 0,
+) -> Submission:
+    """Invoke the trigger once per upload (and again for redelivered ones), spread evenly
+    over ``within_s`` seconds, at most ``concurrency`` invocations at once."""
+    from deployments.trigger.scanflow_trigger import handler as trigger
+    from deployments.trigger.scanflow_trigger.config import TriggerConfig
+    from deployments.trigger.scanflow_trigger.prefect_api import PrefectAPI
+    from deployments.trigger.scanflow_trigger.transport import RetryPolicy
+
+    rng = random.Random(seed)
+    deliveries = [(i * within_s / max(len(uploads), 1), u) for i, u in enumerate(uploads)]
+    deliveries += [(rng.uniform(0, within_s), u) for u in uploads if rng.random() < redeliver]
+    deliveries.sort(key=lambda d: d[0])
+    lock = threading.Lock()
+    retries = 0
+
+    def counting_sleep(seconds: float) -> None:
+        nonlocal retries
+        with lock:
+            retries += 1
+        time.sleep(seconds)
+
+    invocations: list[Invocation] = []
+
+    def invoke(upload: Upload) -> None:
+        record = Invocation(upload)
+        with lock:
+            invocations.append(record)
+        for attempt in range(1 + lambda_retries):
+            record.attempts = attempt + 1
+            try:
+                out = trigger.handler(upload.event(), _Context())
+            except Exception as exc:  # noqa: BLE001 - Lambda retries the event
+                record.errors.append(f"{type(exc).__name__}: {exc}")
+                time.sleep(1.0 + attempt)
+                continue
+            record.runs = out["runs"]
+            record.refused = [r["reason"] for r in out["rejected"]]
+            break
+        record.answered_at = time.monotonic()
+
+    with _environment(stack.trigger_env()):
+        config = TriggerConfig.from_env(os.environ)
+        # a fresh execution environment whose client counts the requests it retries
+        trigger._APIS.clear()
+        trigger._APIS[config] = PrefectAPI(config, policy=RetryPolicy(sleep=counting_sleep))
+        started = time.monotonic()
+        with ThreadPoolExecutor(max_workers=concurrency) as pool:
+            for offset, upload in deliveries:
+                delay = started + offset - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                pool.submit(invoke, upload)
+        finished = max((r.answered_at or 0.0 for r in invocations), default=started)
+        trigger._APIS.clear()
+    return Submission(invocations, retries, started, finished)
+
+
+# -- watching: memory and progress -------------------------------------------------------
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry.name}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        tree.setdefault(ppid, []).append(int(entry.name))
+    return tree
+
+
+def _rss_kb(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def descendants(pid: int | None, tree: dict[int, list[int]]) -> list[int]:
+    """A process and all its descendants."""
+    found, todo = [], [] if pid is None else [pid]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        todo.extend(tree.get(p, []))
+    return found
+
+
+def _is_flow_run(pid: int) -> bool:
+    try:
+        return b"prefect.engine" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+class Watcher(threading.Thread):
+    """Samples the server's and the worker's memory (process trees) every 0.5 s."""
+
+    def __init__(self, stack: BurstStack) -> None:
+        super().__init__(daemon=True)
+        self.stack = stack
+        self.stop_event = threading.Event()
+        self.peaks: dict[str, float] = {"server": 0.0, "worker": 0.0, "worker_alone": 0.0}
+        self.flow_processes_peak = 0
+
+    def run(self) -> None:
+        server, worker = self.stack.pid("server"), self.stack.pid("worker")
+        while not self.stop_event.wait(0.5):
+            tree = _children()
+            under_worker = descendants(worker, tree)
+            sample = {
+                "server": sum(map(_rss_kb, descendants(server, tree))) / 1024,
+                "worker": sum(map(_rss_kb, under_worker)) / 1024,
+                "worker_alone": _rss_kb(worker or 0) / 1024,
+            }
+            for k, v in sample.items():
+                self.peaks[k] = max(self.peaks[k], v)
+            flow_runs = sum(1 for p in under_worker if _is_flow_run(p))
+            self.flow_processes_peak = max(self.flow_processes_peak, flow_runs)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.join(timeout=5)
+
+
+def open_runs(client: httpx.Client) -> int:
+    body = {"flow_runs": {"state": {"type": {"any_": OPEN}}}}
+    return int(client.post("/flow_runs/count", json=body).raise_for_status().json())
+
+
+def wait_for_drain(
+    client: httpx.Client, stall_s: float, timeout_s: float, progress: bool = False
+) -> bool:
+    """Until no run is open; gives up when nothing finished for ``stall_s``."""
+    deadline = time.monotonic() + timeout_s
+    last, last_change = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        try:
+            left = open_runs(client)
+        except httpx.HTTPError:
+            left = last  # the server is busy: ask again
+        if left == 0:
+            return True
+        if left != last:
+            last, last_change = left, time.monotonic()
+            if progress:
+                print(f"  {left} runs open", flush=True)
+        elif time.monotonic() - last_change > stall_s:
+            return False
+        time.sleep(2.0)
+    return False
+
+
+def read_runs(client: httpx.Client) -> list[dict[str, Any]]:
+    runs: list[dict[str, Any]] = []
+    while True:
+        page = (
+            client.post(
+                "/flow_runs/filter",
+                json={"offset": len(runs), "limit": 200, "sort": "EXPECTED_START_TIME_ASC"},
+            )
+            .raise_for_status()
+            .json()
+        )
+        runs.extend(r for r in page)
+        if len(page) < 200:
+            return [r for r in runs if "burst" in (r.get("tags") or [])]
+
+
+def last_logs(client: httpx.Client, run_id: str, n: int = 4) -> list[str]:
+    """The last lines a run logged (a crashed run's flow process, before it died)."""
+    body = {"logs": {"flow_run_id": {"any_": [run_id]}}, "sort": "TIMESTAMP_DESC", "limit": n}
+    try:
+        logs = client.post("/logs/filter", json=body).raise_for_status().json()
+    except httpx.HTTPError as exc:
+        return [f"(logs unavailable: {exc})"]
+    return [f"{log['level']} {log['message'][:300]}" for log in reversed(logs)]
+
+
+def running_count(client: httpx.Client, run_id: str) -> int:
+    states = client.get("/flow_run_states/", params={"flow_run_id": run_id}).raise_for_status()
+    return sum(1 for s in states.json() if s["type"] == "RUNNING")
+
+
+# -- the report --------------------------------------------------------------------------
+
+
+@dataclass
+class BurstReport:
+    database: str
+    scans: int
+    within_s: float
+    lambda_concurrency: int
+    deliveries: int
+    submit_window_s: float
+    accepted: int
+    found_again: int  # deliveries answered with the run an earlier one created
+    refused: int
+    dead_lettered: int
+    completed: int
+    rejected: int
+    failed: int
+    crashed: int
+    cancelled: int
+    lost: int
+    duplicates: int
+    unexpected: int
+    trigger_retries: int
+    lambda_retries: int
+    drain_s: float
+    runs_per_minute: float
+    queue_wait_p50_s: float
+    queue_wait_max_s: float
+    run_p50_s: float
+    server_peak_mb: float
+    worker_peak_mb: float
+    worker_alone_peak_mb: float
+    flow_processes_peak: int
+    notes: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        return [
+            f"burst on {self.database}: {self.scans} uploads in {self.within_s:g} s, "
+            f"{self.deliveries} deliveries, {self.lambda_concurrency} invocations in flight, "
+            f"all answered within {self.submit_window_s:.1f} s",
+            f"  accepted {self.accepted} (redeliveries found their run: {self.found_again})  "
+            f"refused {self.refused}  dead-lettered {self.dead_lettered}",
+            f"  completed {self.completed}  rejected {self.rejected}  failed {self.failed}  "
+            f"crashed {self.crashed}  cancelled {self.cancelled}  lost {self.lost}",
+            f"  duplicates {self.duplicates}  unexpected outcomes {self.unexpected}",
+            f"  trigger retries (503/429/dropped) {self.trigger_retries}  "
+            f"Lambda re-invocations {self.lambda_retries}",
+            f"  drained in {self.drain_s:.1f} s ({self.runs_per_minute:.1f} runs/min); "
+            f"queue wait p50 {self.queue_wait_p50_s:.1f} s, max {self.queue_wait_max_s:.1f} s; "
+            f"run p50 {self.run_p50_s:.1f} s",
+            f"  peak RSS: server {self.server_peak_mb:.0f} MB, worker with its flow runs "
+            f"{self.worker_peak_mb:.0f} MB (worker alone {self.worker_alone_peak_mb:.0f} MB, "
+            f"at most {self.flow_processes_peak} flow runs at once)",
+            *(f"  note: {n}" for n in self.notes),
+        ]
+
+
+def _seconds(a: str | None, b: str | None) -> float | None:
+    from datetime import datetime
+
+    if not a or not b:
+        return None
+    return (datetime.fromisoformat(b) - datetime.fromisoformat(a)).total_seconds()
+
+
+def analyse(
+    stack: BurstStack,
+    uploads: list[Upload],
+    submission: Submission,
+    watcher: Watcher,
+    drained_at: float,
+    within_s: float,
+    lambda_concurrency: int,
+) -> BurstReport:
+    from cv.errors import Reason
+
+    by_scan = {u.scan_id: u for u in uploads}
+    accepted_ids = {r["flow_run_id"] for inv in submission.invocations for r in inv.runs}
+    with stack.client() as client:
+        # this burst's runs only (a stack may hold others, e.g. from a test before it)
+        runs = [r for r in read_runs(client) if r["parameters"].get("scan_id") in by_scan]
+        runs_by_scan: dict[str, list[dict[str, Any]]] = {}
+        for run in runs:
+            runs_by_scan.setdefault(run["parameters"].get("scan_id", "?"), []).append(run)
+        reexecuted = [r["id"] for r in runs if running_count(client, r["id"]) > 1]
+        crashed_logs = {
+            r["parameters"].get("scan_id", "?"): last_logs(client, r["id"])
+            for r in runs
+            if (r.get("state") or {}).get("type") == "CRASHED"
+        }
+    outcome: Counter[str] = Counter()
+    notes: list[str] = []
+    unexpected = 0
+    results = Path(stack.home / "results")
+    bad_manifests = 0
+    for run in runs:
+        state = run.get("state") or {}
+        kind = state.get("type", "?")
+        if kind == "FAILED":
+            # "Flow run encountered an exception: RejectedScan: [too_short] ..."
+            found = re.search(r"\[([a-z_]+)\]", state.get("message") or "")
+            code = found.group(1) if found else ""
+            is_rejected = code in {r.value for r in Reason} and Reason(code).is_patient_fixable
+            verdict = "rejected" if is_rejected else "failed"
+        elif kind in FINAL:
+            verdict = kind.lower()
+        else:
+            verdict = "lost"
+        outcome[verdict] += 1
+        upload = by_scan.get(run["parameters"].get("scan_id", ""))
+        if upload is not None and verdict != upload.expected:
+            unexpected += 1
+            if len(notes) < 5:
+                notes.append(f"{upload.scan_id} ({upload.kind}): {kind} {state.get('message')}")
+        if verdict == "completed" and upload is not None:
+            manifest = results / upload.patient_id / upload.scan_id / "manifest.json"
+            try:
+                if json.loads(manifest.read_text())["flow_run_id"] != run["id"]:
+                    bad_manifests += 1
+            except (OSError, ValueError, KeyError):
+                bad_manifests += 1
+                notes.append(f"{upload.scan_id}: completed without its manifest")
+    for scan_id, lines in list(crashed_logs.items())[:3]:
+        notes.extend(f"{scan_id} log: {line}" for line in lines)
+    refused = [inv for inv in submission.invocations if inv.refused]
+    dead = {inv.upload.scan_id for inv in submission.invocations if not inv.runs and inv.errors}
+    dead -= {inv.upload.scan_id for inv in submission.invocations if inv.runs}
+    for inv in submission.invocations:
+        if inv.refused and inv.upload.expected != "refused":
+            unexpected += 1
+    duplicate_runs = sum(len(v) - 1 for v in runs_by_scan.values() if len(v) > 1)
+    if missing := accepted_ids - {r["id"] for r in runs}:
+        notes.append(f"{len(missing)} accepted runs are missing from the server")
+    waits = [w for r in runs if (w := _seconds(r.get("created"), r.get("start_time")))]
+    spans = [s for r in runs if (s := _seconds(r.get("start_time"), r.get("end_time")))]
+    ends = [r.get("end_time") for r in runs if r.get("end_time")]
+    drain = drained_at - submission.started
+    if ends and runs:
+        first = min(r["created"] for r in runs)
+        drain = _seconds(first, max(ends)) or drain  # type: ignore[type-var]
+    return BurstReport(
+        database=stack.database,
+        scans=len(uploads),
+        within_s=within_s,
+        lambda_concurrency=lambda_concurrency,
+        deliveries=len(submission.invocations),
+        submit_window_s=submission.finished - submission.started,
+        accepted=len(accepted_ids),
+        found_again=sum(1 for inv in submission.invocations for r in inv.runs if not r["created"]),
+        refused=len({inv.upload.scan_id for inv in refused}),
+        dead_lettered=len(dead),
+        completed=outcome["completed"],
+        rejected=outcome["rejected"],
+        failed=outcome["failed"],
+        crashed=outcome["crashed"],
+        cancelled=outcome["cancelled"],
+        lost=outcome["lost"] + len(missing),
+        duplicates=duplicate_runs + len(reexecuted) + bad_manifests,
+        unexpected=unexpected,
+        trigger_retries=submission.retries,
+        lambda_retries=sum(max(0, inv.attempts - 1) for inv in submission.invocations),
+        drain_s=drain,
+        runs_per_minute=60 * len(runs) / drain if drain > 0 else 0.0,
+        queue_wait_p50_s=statistics.median(waits) if waits else 0.0,
+        queue_wait_max_s=max(waits, default=0.0),
+        run_p50_s=statistics.median(spans) if spans else 0.0,
+        server_peak_mb=watcher.peaks["server"],
+        worker_peak_mb=watcher.peaks["worker"],
+        worker_alone_peak_mb=watcher.peaks["worker_alone"],
+        flow_processes_peak=watcher.flow_processes_peak,
+        notes=notes,
+    )
+
+
+def run_burst(
+    stack: BurstStack,
+    n: int,
+    *,
+    within_s: float = 10.0,
+    mix_bad: float = 0.0,
+    redeliver: float = 0.05,
+    lambda_concurrency: int = 20,
+    seconds: float = 3.2,
+    width: int = 160,
+    height: int = 120,
+    stall_s: float = 600.0,
+    timeout_s: float = 6 * 3600,
+    progress: bool = False,
+) -> BurstReport:
+    """Upload, submit, drain and judge one burst against a stack that is up."""
+    media = render_media(stack.home / "media", seconds, width, height)
+    uploads = put_uploads(stack.s3_url, plan_uploads(n, mix_bad), media)
+    watcher = Watcher(stack)
+    watcher.start()
+    try:
+        submission = submit_burst(
+            stack, uploads, within_s=within_s, concurrency=lambda_concurrency, redeliver=redeliver
+        )
+        if progress:
+            print(
+                f"submitted {len(submission.invocations)} deliveries in "
+                f"{submission.finished - submission.started:.1f} s "
+                f"({submission.retries} retried requests)",
+                flush=True,
+            )
+        with stack.client() as client:
+            wait_for_drain(client, stall_s, timeout_s, progress)
+        drained_at = time.monotonic()
+    finally:
+        watcher.stop()
+    return analyse(stack, uploads, submission, watcher, drained_at, within_s, lambda_concurrency)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("-n", "--scans", type=int, default=500)
+    p.add_argument("--within", type=float, default=10.0, help="seconds the uploads span")
+    p.add_argument("--database", choices=["postgres", "sqlite"], default="postgres")
+    p.add_argument("--mix-bad", type=float, default=0.0, help="fraction of bad uploads")
+    p.add_argument("--redeliver", type=float, default=0.05, help="fraction delivered twice")
+    p.add_argument(
+        "--lambda-concurrency",
+        type=int,
+        help="invocations in flight (the function's reserved concurrency); default 20 on "
+        "PostgreSQL (the template's), 2 on SQLite (what its one writer sustains best)",
+    )
+    p.add_argument("--pool-concurrency", type=int, default=2)
+    p.add_argument("--seconds", type=float, default=3.2, help="length of each scan")
+    p.add_argument("--auth", action="store_true", help="basic auth on the server")
+    p.add_argument("--stall", type=float, default=600, help="give up after no progress for")
+    p.add_argument("--json", type=Path, help="also write the report here")
+    p.add_argument("--keep", action="store_true", help="keep the temporary home")
+    args = p.parse_args(argv)
+
+    # stopped with SIGTERM (kill, timeout): unwind, so the stack and its database go too
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    auth = None
+    if args.auth:
+        auth = "burst:" + base64.urlsafe_b64encode(os.urandom(12)).decode()
+    stack = BurstStack(args.database, pool_concurrency=args.pool_concurrency, auth=auth)
+    stack.keep_home = args.keep
+    print(f"starting the stack ({args.database}) in {stack.home} ...", flush=True)
+    started = time.monotonic()
+    with stack:
+        print(f"stack up in {time.monotonic() - started:.1f} s", flush=True)
+        report = run_burst(
+            stack,
+            args.scans,
+            within_s=args.within,
+            mix_bad=args.mix_bad,
+            redeliver=args.redeliver,
+            lambda_concurrency=args.lambda_concurrency or DEFAULT_LAMBDA_CONCURRENCY[args.database],
+            seconds=args.seconds,
+            stall_s=args.stall,
+            progress=True,
+        )
+        ok = report.lost == 0 and report.duplicates == 0 and report.crashed == 0
+        if not ok:
+            stack.keep_home = True  # the server's database and every log, to find out why
+    print("\n".join(report.lines()))
+    if not ok:
+        print(f"kept for inspection: {stack.home} (logs/, prefect/prefect.db on SQLite)")
+    if args.json:
+        args.json.write_text(json.dumps(asdict(report), indent=2))
+    return 0 if ok and report.dead_lettered == 0 and report.unexpected == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

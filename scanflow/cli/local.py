@@ -1,0 +1,226 @@
+"""The embedded default and scans: ``scanflow up | down | demo | server | process | submit |
+sample``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import tags
+from prefect.client.orchestration import get_client
+from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+from cv.synthetic import ScanSpec, render_scan
+from flows.process_scan import process_scan
+from scanflow.access import parse_root
+from scanflow.contracts.manifest import manifest_uri
+from scanflow.contracts.options import ScanOptions
+from scanflow.local.stack import LocalStack
+from scanflow.settings import Settings
+from scanflow.storage import join, to_uri
+
+FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+
+def is_local_api(settings: Settings) -> bool:
+    """Does this process talk to the local server (rather than an API it was given)?"""
+    return os.environ.get("PREFECT_API_URL", "").rstrip("/") == settings.api_url
+
+
+def _default_scan_id(uri: str) -> str:
+    stem = Path(uri.rstrip("/")).stem or "scan"
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", stem).strip("-.")[:64] or "scan"
+
+
+def _allow_input(settings: Settings, uri: str) -> None:
+    """``scanflow process`` reads what its user names: the input's folder joins the allowed
+    input roots of this process (never a worker's)."""
+    folder = uri.rsplit("/", 1)[0]
+    try:
+        parse_root(folder)
+    except ValueError:
+        return  # not a root we could allow (the run will say why it is refused)
+    roots = [*settings.allowed_input_roots, folder]
+    os.environ["SCANFLOW_INPUT_ROOTS"] = json.dumps(roots)
+
+
+def ui_run_url(settings: Settings, flow_run_id: str) -> str:
+    base = os.environ.get("PREFECT_UI_URL") or os.environ.get(
+        "PREFECT_API_URL", settings.api_url
+    ).removesuffix("/api")
+    return f"{base}/runs/flow-run/{flow_run_id}"
+
+
+# -- commands ------------------------------------------------------------------------------
+
+
+def cmd_up(args: argparse.Namespace, settings: Settings, stack: LocalStack) -> int:
+    for part, state in stack.up().items():
+        print(f"{part}: {state}")
+    print(f"Prefect UI: {settings.ui_url}")
+    return 0
+
+
+def cmd_down(args: argparse.Namespace, settings: Settings, stack: LocalStack) -> int:
+    for part, stopped in stack.down().items():
+        print(f"{part}: {'stopped' if stopped else 'was not running'}")
+    return 0
+
+
+def cmd_server(args: argparse.Namespace, settings: Settings, stack: LocalStack) -> int:
+    if args.action == "start":
+        print(f"server: {stack.start_server()} at {settings.api_url} ({settings.database})")
+    elif args.action == "stop":
+        print(f"server: {'stopped' if stack.server.stop() else 'was not running'}")
+    else:
+        print(json.dumps(stack.status(), indent=2))
+        return 0 if stack.healthy() else 3
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace, settings: Settings, stack: LocalStack) -> int:
+    out = Path(args.path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    render_scan(
+        out,
+        ScanSpec(
+            width=args.width,
+            height=args.height,
+            fps=args.fps,
+            duration_s=args.seconds,
+            seed=args.seed,
+            blurred=frozenset(range(30, 45)),
+        ),
+    )
+    print(out)
+    return 0
+
+
+def cmd_process(args: argparse.Namespace, settings: Settings, stack: LocalStack) -> int:
+    if is_local_api(settings):
+        stack.start_server()
+    uri = to_uri(args.video)
+    _allow_input(settings, uri)
+    options = ScanOptions.model_validate_json(args.options) if args.options else None
+    # A run called in this process sends no heartbeats: only deployment runs are watched
+    # for missed ones (deployments/automations.py), and Prefect's heartbeat thread sleeps
+    # in 1 s steps, so joining it would hold the run's end up to a second.
+    no_heartbeats = temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
+    with tags("scanflow", "cli"), no_heartbeats:
+        state = process_scan(
+            scan_id=args.scan_id or _default_scan_id(uri),
+            patient_id=args.patient_id,
+            video_uri=uri,
+            options=options,
+            return_state=True,
+        )
+    if state.is_completed():
+        print(state.result())
+        return 0
+    print(f"{state.name}: {state.message}", file=sys.stderr)
+    return 1
+
+
+async def submit_scan(
+    settings: Settings,
+    *,
+    video_uri: str,
+    patient_id: str,
+    scan_id: str,
+    options: dict[str, Any] | None = None,
+    rerun: bool = False,
+) -> Any:
+    """Create a run of the process-scan deployment; the same scan gives the same run."""
+    params: dict[str, Any] = {"scan_id": scan_id, "patient_id": patient_id, "video_uri": video_uri}
+    if options:
+        params["options"] = options
+    key = f"process-scan/{patient_id}/{scan_id}" + (f"@{time.time_ns()}" if rerun else "")
+    async with get_client() as client:
+        deployment = await client.read_deployment_by_name(settings.deployment)
+        return await client.create_flow_run_from_deployment(
+            deployment.id,
+            parameters=params,
+            name=scan_id,
+            idempotency_key=key,
+            tags=["scanflow", "cli"],
+        )
+
+
+async def wait_for_run(flow_run_id: Any, timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    async with get_client() as client:
+        while True:
+            run = await client.read_flow_run(flow_run_id)
+            if run.state and run.state.type.value in FINAL:
+                return run
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"flow run {flow_run_id} not finished after {timeout:.0f} s "
+                    f"(state {run.state.name if run.state else '?'})"
+                )
+            await asyncio.sleep(0.5)
+
+
+def _report(settings: Settings, run: Any) -> int:
+    state = run.state
+    print(f"state: {state.name}")
+    print(f"run:   {ui_run_url(settings, str(run.id))}")
+    if state.type.value == "COMPLETED":
+        params = run.parameters
+        uri = manifest_uri(join(settings.results_root, params["patient_id"], params["scan_id"]))
+        print(f"manifest: {uri}")
+        return 0
+    print(f"message: {state.message}")
+    return 1
+
+
+def cmd_submit(args: argparse.Namespace, settings: Settings, stack: LocalStack) -> int:
+    uri = to_uri(args.video)
+    options = json.loads(args.options) if args.options else None
+    run = asyncio.run(
+        submit_scan(
+            settings,
+            video_uri=uri,
+            patient_id=args.patient_id,
+            scan_id=args.scan_id or _default_scan_id(uri),
+            options=options,
+            rerun=args.rerun,
+        )
+    )
+    print(run.id)
+    if args.wait:
+        return _report(settings, asyncio.run(wait_for_run(run.id, args.timeout)))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings, stack: LocalStack) -> int:
+    started = time.monotonic()
+    for part, state in stack.up().items():
+        print(f"{part}: {state}")
+    sample = settings.home.resolve() / "samples" / "sample-scan.mp4"
+    if not sample.is_file():
+        cmd_sample(
+            argparse.Namespace(
+                path=str(sample), width=640, height=480, fps=30.0, seconds=20.0, seed=7
+            ),
+            settings,
+            stack,
+        )
+    run = asyncio.run(
+        submit_scan(
+            settings, video_uri=sample.as_uri(), patient_id="demo-patient", scan_id="sample-scan"
+        )
+    )
+    print(f"submitted flow run {run.id}")
+    finished = asyncio.run(wait_for_run(run.id, args.timeout))
+    code = _report(settings, finished)
+    print(f"results: {settings.results_root}/demo-patient/sample-scan/")
+    print(f"done in {time.monotonic() - started:.1f} s")
+    return code

@@ -1,0 +1,197 @@
+"""``scanflow model …``: build a dataset, train, publish, promote and list model packages.
+
+scanflow model dataset OUT [--train-scans N --heldout-scans N --width W --height H]
+scanflow model train DATA_DIR [--out PACKAGE.zip] [--name N] [--version V]
+                              [--publish [REGISTRY]] [--replace]
+scanflow model publish PACKAGE.zip [--registry URI] [--replace]
+scanflow model promote URI [--sha256 HEX]
+scanflow model list [--registry URI] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from cv.model.viewdata import SyntheticDatasetSpec, build_synthetic_dataset
+from scanflow.cli.local import is_local_api
+from scanflow.local.stack import LocalStack
+from scanflow.models.cache import cpu_threads
+from scanflow.models.registry import (
+    BACKBONE,
+    BACKBONE_IDENTITY,
+    DEFAULT_PACKAGE,
+    PRODUCTION_VARIABLE,
+    REPO_MODELS,
+    describe,
+    installed_backbone,
+    list_models,
+    load_package,
+    production_model,
+    publish_package,
+    set_production_model,
+)
+from scanflow.settings import Settings
+from scanflow.storage import to_uri
+
+
+def cmd_model(args: argparse.Namespace, settings: Settings, stack: LocalStack) -> int:
+    handler = {
+        "dataset": _dataset,
+        "train": _train,
+        "publish": _publish,
+        "promote": _promote,
+        "list": _list,
+    }[args.model_command]
+    try:
+        return handler(args, settings, stack)
+    except ValueError as exc:  # a bad dataset or argument: one line, not a traceback
+        print(f"scanflow model {args.model_command}: {exc}", file=sys.stderr)
+        return 2
+
+
+def _registry(settings: Settings, given: str | None) -> str:
+    return to_uri(given or settings.model_registry_uri or str(REPO_MODELS))
+
+
+def _reachable(settings: Settings, stack: LocalStack, start: bool) -> bool:
+    """Does the Prefect API answer? With ``start``, start the local server if it is ours."""
+    if start and is_local_api(settings):
+        stack.start_server()
+    try:
+        url = os.environ["PREFECT_API_URL"].rstrip("/")
+        return httpx.get(f"{url}/health", timeout=3).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _dataset(args: argparse.Namespace, settings: Settings, stack: LocalStack) -> int:
+    spec = SyntheticDatasetSpec(
+        train_seeds=tuple(range(args.train_scans)),
+        heldout_seeds=tuple(range(100, 100 + args.heldout_scans)),
+        width=args.width,
+        height=args.height,
+        fps=args.fps,
+        seconds=args.seconds,
+    )
+    counts = build_synthetic_dataset(Path(args.out), spec)
+    for split, c in counts.items():
+        print(
+            f"{split}: {sum(c.values())} frames  "
+            + "  ".join(f"{k}={v}" for k, v in sorted(c.items()))
+        )
+    print(Path(args.out).resolve())
+    return 0
+
+
+def _train(args: argparse.Namespace, settings: Settings, stack: LocalStack) -> int:
+    import torch
+
+    from cv.model.heads import TrainConfig
+    from cv.model.network import load_backbone
+    from cv.model.training import train_view_package
+
+    data = Path(args.data_dir)
+    out = Path(args.out or f"{args.name}-{args.version}.zip")
+    backbone = load_backbone(installed_backbone(), BACKBONE_IDENTITY, torch.device("cpu"))
+
+    def progress(done: int, total: int) -> None:
+        print(f"\rembedding frames: {done}/{total}", end="", file=sys.stderr, flush=True)
+
+    trained = train_view_package(
+        data,
+        out,
+        name=args.name,
+        version=args.version,
+        backbone_model=backbone,
+        backbone=BACKBONE,
+        config=TrainConfig(epochs=args.epochs, seed=args.seed),
+        heldout_fraction=args.heldout_fraction,
+        threads=settings.cpu_threads or cpu_threads(),
+        progress=progress,
+    )
+    print(file=sys.stderr)
+    ev = trained.evaluation
+    print(f"package:  {trained.path.resolve()}")
+    print(f"sha256:   {trained.sha256}")
+    print(f"labels:   {', '.join(trained.labels)}")
+    print(f"frames:   {trained.train_frames} trained on, {ev.frames} held out")
+    print(f"held-out accuracy: {ev.accuracy:.1%}")
+    for label, recall in ev.per_class_recall.items():
+        print(f"  {label:16s} recall {'-' if recall is None else f'{recall:.1%}'}")
+    if args.publish is not None:
+        entry = publish_package(
+            out, _registry(settings, args.publish or None), replace=args.replace
+        )
+        print(f"published: {entry.uri}")
+    return 0
+
+
+def _publish(args: argparse.Namespace, settings: Settings, stack: LocalStack) -> int:
+    entry = publish_package(
+        Path(args.package), _registry(settings, args.registry), replace=args.replace
+    )
+    print(f"published {entry.name} {entry.version} ({entry.sha256})")
+    print(entry.uri)
+    return 0
+
+
+def _promote(args: argparse.Namespace, settings: Settings, stack: LocalStack) -> int:
+    _reachable(settings, stack, start=True)
+    import torch  # loads the package for real before any run can pick it up
+
+    uri = to_uri(args.uri)
+    entry = describe(uri, settings.models_dir, args.sha256)
+    # Load it for real (backbone, head, a test frame) before any run can pick it up.
+    load_package(entry.ref(), settings.models_dir, torch.device("cpu"))
+    set_production_model(entry.ref())
+    print(f"production model ({PRODUCTION_VARIABLE}): {entry.name} {entry.version}")
+    print(f"  uri:    {entry.uri}")
+    print(f"  sha256: {entry.sha256}")
+    return 0
+
+
+def _list(args: argparse.Namespace, settings: Settings, stack: LocalStack) -> int:
+    registry = _registry(settings, args.registry)
+    entries = list_models(registry)
+    production: Any = None
+    reachable = _reachable(settings, stack, start=False)
+    if reachable:
+        production = production_model()
+    current = production or DEFAULT_PACKAGE
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "registry": registry,
+                    "production": production.model_dump() if production else None,
+                    "default": DEFAULT_PACKAGE.model_dump(),
+                    "models": [e.model_dump() for e in entries],
+                },
+                indent=2,
+            )
+        )
+        return 0
+    print(f"registry: {registry}")
+    print(f"  {'name':20s} {'version':10s} {'sha256':14s} {'held-out':9s} {'data':10s}")
+    for e in entries:
+        mark = "*" if e.sha256 == current.sha256 else " "
+        acc = "-" if e.heldout_accuracy is None else f"{e.heldout_accuracy:.1%}"
+        data = "synthetic" if e.synthetic else "labelled"
+        print(f"{mark} {e.name:20s} {e.version:10s} {e.sha256[:12]:14s} {acc:9s} {data:10s}")
+    if not reachable:
+        print("production: unknown (the Prefect API does not answer)")
+    elif production is None:
+        print(
+            f"production: nothing promoted; runs use the default {DEFAULT_PACKAGE.name} "
+            f"{DEFAULT_PACKAGE.version}"
+        )
+    else:
+        print(f"production: {production.name} {production.version} ({production.uri})")
+    return 0

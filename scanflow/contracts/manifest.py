@@ -1,0 +1,81 @@
+"""The result manifest (a public contract; JSON Schema in schemas/manifest.schema.json):
+``<results root>/<patient>/<scan>/manifest.json``, written last (its presence means the scan
+is complete)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, Field
+
+from cv.quality.analysis import ScanQuality
+from scanflow.contracts.stages import (
+    Keyframe,
+    ModelInfo,
+    TrackingSummary,
+    Trend,
+    VideoSummary,
+    ViewCoverage,
+    ViewFrame,
+)
+from scanflow.storage import join, store_for
+
+SCHEMA_VERSION = "1.1"  # 1.1: views, artifacts.views, model package fields
+MANIFEST_NAME = "manifest.json"
+
+
+class Artifacts(BaseModel):
+    summary_video: str
+    summary_video_frames: int
+    summary_video_seconds: float
+    contact_sheet: str
+    keyframes: list[Keyframe]
+    embeddings: str
+    views: str | None = Field(None, description="Per kept frame: predicted view, confidence.")
+    frame_quality: str
+    tracking: str | None = None
+
+
+class Manifest(BaseModel):
+    """Everything the doctor is shown about one completed scan, and how it was made."""
+
+    schema_version: str = SCHEMA_VERSION
+    scan_id: str
+    patient_id: str = Field(description="Pseudonymous patient id.")
+    flow_run_id: str | None
+    status: str = "completed"
+    code_version: str
+    started_at: datetime
+    completed_at: datetime
+    source_uri: str
+    video: VideoSummary
+    quality: ScanQuality
+    model: ModelInfo
+    views: ViewCoverage | None = None
+    timings_s: dict[str, float] = Field(
+        description="Wall time of each stage, seconds. load_model and "
+        "inference_while_decoding run during extract_frames: the stages overlap, so their sum "
+        "is not the run's time (completed_at - started_at is)."
+    )
+    artifacts: Artifacts
+    view_frames: list[ViewFrame] = Field(
+        default_factory=list,
+        description="The best frame of each view, for comparison with later scans.",
+    )
+    tracking: TrackingSummary | None = None
+    trend: Trend | None = None
+
+
+def manifest_uri(scan_uri: str) -> str:
+    return join(scan_uri, MANIFEST_NAME)
+
+
+def read_manifest(uri: str) -> Manifest:
+    return Manifest.model_validate_json(store_for(uri).get_bytes(uri))
+
+
+# python -m scanflow.contracts.manifest > schemas/manifest.schema.json
+if __name__ == "__main__":
+    import json
+
+    print(json.dumps(Manifest.model_json_schema(), indent=2))

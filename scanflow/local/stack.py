@@ -1,0 +1,307 @@
+"""The embedded default: a local Prefect server (SQLite, or PostgreSQL on request), the
+``process`` work pool, the deployment from prefect.yaml and a worker, each started once
+and reused. State lives under the settings' home folder (default ``.scanflow/``).
+
+It imports Prefect, which reads its settings then: import it once PREFECT_* point at the
+right API (scanflow.cli.main does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg  # installed with prefect
+import httpx
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+from prefect.workers.process import ProcessWorker
+from sqlalchemy.engine import make_url
+
+from scanflow.settings import REPO_ROOT, Settings, prefect_client_env
+
+PREFECT = [sys.executable, "-m", "prefect"]
+
+
+@dataclass(frozen=True)
+class Service:
+    """A background process we started, tracked by a pid file."""
+
+    name: str
+    home: Path
+
+    @property
+    def pid_file(self) -> Path:
+        return self.home / "run" / f"{self.name}.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.home / "logs" / f"{self.name}.log"
+
+    def pid(self) -> int | None:
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            try:
+                os.kill(pid, 0)  # no /proc (macOS): trust the pid file if the pid lives
+            except OSError:
+                return None
+            return pid
+        return pid if b"prefect" in cmdline else None  # guard against a recycled pid
+
+    def start(self, args: list[str], env: dict[str, str]) -> int:
+        self.pid_file.parent.mkdir(parents=True, exist_ok=True)
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_file, "ab") as log:
+            proc = subprocess.Popen(
+                args,
+                cwd=REPO_ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        self.pid_file.write_text(str(proc.pid))
+        return proc.pid
+
+    def stop(self, timeout: float = 20.0) -> bool:
+        pid = self.pid()
+        if pid is None:
+            self.pid_file.unlink(missing_ok=True)
+            return False
+        _signal_group(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.2)
+        if _alive(pid):
+            _signal_group(pid, signal.SIGKILL)
+        self.pid_file.unlink(missing_ok=True)
+        return True
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, sig)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    try:  # a zombie child of ours counts as gone
+        return os.waitpid(pid, os.WNOHANG) == (0, 0)
+    except ChildProcessError:
+        return True
+
+
+class LocalStack:
+    """Starts, finds and stops the local Prefect server and worker.
+
+    The Prefect client calls made here use the process's PREFECT_API_URL: the command line
+    sets it (from ``client_env``) before Prefect is imported.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.home = settings.home.resolve()
+        self.server = Service("server", self.home)
+        self.worker = Service("worker", self.home)
+        self.notify_worker = Service("notify-worker", self.home)  # runs notify-outcome
+
+    # -- environment -------------------------------------------------------------------
+    def client_env(self) -> dict[str, str]:
+        """Environment for processes that talk to this stack's server (deploy, worker)."""
+        return prefect_client_env(self.settings)
+
+    def server_env(self) -> dict[str, str]:
+        env = self.client_env()
+        env.pop("PREFECT_API_URL", None)
+        env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = self.settings.database_url
+        env["PREFECT_UI_API_URL"] = self.settings.api_url
+        if self.settings.server_auth is not None:
+            # every API route but GET /health and /ready then requires it
+            env["PREFECT_SERVER_API_AUTH_STRING"] = self.settings.server_auth.get_secret_value()
+        if self.settings.database == "sqlite":
+            # SQLite has one writer at a time, and a transaction that read before it writes
+            # fails at once ("database is locked", a 503) when another committed meanwhile.
+            # The late-runs service writes a "Late" state for every run that waits in the
+            # queue, which in a burst is every run, just when the submissions and the worker
+            # need the writer: off, a 200-scan burst is accepted in half the time with half
+            # the 503s and none of the lock errors in the server log (README, "Bursts").
+            env.setdefault("PREFECT_SERVER_SERVICES_LATE_RUNS_ENABLED", "false")
+        return env
+
+    # -- server ------------------------------------------------------------------------
+    def healthy(self) -> bool:
+        try:
+            return httpx.get(f"{self.settings.api_url}/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def start_server(self, timeout: float = 120.0) -> str:
+        """Start the server unless one already answers; returns 'running' or 'started'."""
+        if self.healthy():
+            return "running"
+        if self.settings.database == "postgres":
+            asyncio.run(_ensure_postgres_database(self.settings.postgres_url))
+        (self.home / "prefect").mkdir(parents=True, exist_ok=True)
+        pid = self.server.start(
+            PREFECT
+            + [
+                "server",
+                "start",
+                "--host",
+                self.settings.server_host,
+                "--port",
+                str(self.settings.server_port),
+            ],
+            self.server_env(),
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.healthy():
+                return "started"
+            if not _alive(pid):  # not pid(): until exec, the child's cmdline is ours
+                break
+            time.sleep(0.5)
+        raise RuntimeError(f"the Prefect server did not come up; see {self.server.log_file}")
+
+    # -- pool, deployment, worker ------------------------------------------------------
+    def ensure_pool(self) -> None:
+        asyncio.run(_ensure_process_pool(self.settings.work_pool, self.settings.pool_concurrency))
+        asyncio.run(_ensure_process_pool(self.settings.notify_pool, 4))
+
+    def deploy(self) -> bool:
+        """Apply prefect.yaml's local deployment when it changed; True if deployed."""
+        spec = (REPO_ROOT / "prefect.yaml").read_bytes()
+        stamp = self.home / "run" / "deployed.sha256"
+        digest = hashlib.sha256(spec + self.settings.api_url.encode()).hexdigest()
+        if (
+            stamp.is_file()
+            and stamp.read_text() == digest
+            and asyncio.run(_deployment_exists(self.settings.deployment))
+            and asyncio.run(_deployment_exists(self.settings.notify_deployment))
+        ):
+            return False
+        names = [
+            d.split("/", 1)[1] for d in (self.settings.deployment, self.settings.notify_deployment)
+        ]
+        subprocess.run(
+            PREFECT + ["--no-prompt", "deploy", "--name", names[0], "--name", names[1]],
+            cwd=REPO_ROOT,
+            env=self.client_env(),
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        stamp.parent.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(digest)
+        return True
+
+    def start_worker(self) -> str:
+        """Start the scan worker and the notify-outcome worker (its own pool: news of a
+        scan does not wait behind scans)."""
+        env = self.client_env()
+        env["PREFECT_WORKER_QUERY_SECONDS"] = str(self.settings.worker_query_seconds)
+        env["PREFECT_WORKER_PREFETCH_SECONDS"] = "5"
+        # The worker and the flow runs it starts (they inherit this) retry a 503 or a
+        # dropped connection 8 times, backing off 2, 4, ... 256 s (about 8 minutes in all)
+        # instead of Prefect's 5 (1 minute): a burst on SQLite answers 503s for longer than
+        # that, and a run whose worker gives up is reported Crashed.
+        env.setdefault("PREFECT_CLIENT_MAX_RETRIES", "8")
+        started = False
+        for service, pool, name in (
+            (self.worker, self.settings.work_pool, "scanflow-local"),
+            (self.notify_worker, self.settings.notify_pool, "scanflow-notify"),
+        ):
+            if service.pid() is None:
+                service.start(
+                    PREFECT
+                    + ["worker", "start", "--pool", pool, "--type", "process", "--name", name],
+                    env,
+                )
+                started = True
+        return "started" if started else "running"
+
+    def up(self) -> dict[str, str]:
+        server = self.start_server()
+        self.ensure_pool()
+        deployed = self.deploy()
+        worker = self.start_worker()
+        return {
+            "server": server,
+            "deployment": "applied" if deployed else "unchanged",
+            "worker": worker,
+        }
+
+    def down(self) -> dict[str, bool]:
+        return {
+            "worker": self.worker.stop(),
+            "notify-worker": self.notify_worker.stop(),
+            "server": self.server.stop(),
+        }
+
+    def status(self) -> dict[str, object]:
+        return {
+            "api_url": self.settings.api_url,
+            "healthy": self.healthy(),
+            "server_pid": self.server.pid(),
+            "worker_pid": self.worker.pid(),
+            "notify_worker_pid": self.notify_worker.pid(),
+            "database": self.settings.database,
+            "basic_auth": self.settings.server_auth is not None,
+            "home": str(self.home),
+        }
+
+
+async def _ensure_process_pool(name: str, concurrency: int) -> None:
+    async with get_client() as client:
+        with contextlib.suppress(ObjectAlreadyExists):
+            await client.create_work_pool(
+                WorkPoolCreate(
+                    name=name,
+                    type="process",
+                    concurrency_limit=concurrency,
+                    base_job_template=ProcessWorker.get_default_base_job_template(),
+                )
+            )
+
+
+async def _deployment_exists(name: str) -> bool:
+    async with get_client() as client:
+        try:
+            await client.read_deployment_by_name(name)
+        except ObjectNotFound:
+            return False
+        return True
+
+
+async def _ensure_postgres_database(url: str) -> None:
+    u = make_url(url)
+    conn = await asyncpg.connect(
+        host=u.host or "127.0.0.1",
+        port=u.port or 5432,
+        user=u.username or "postgres",
+        password=u.password,
+        database="postgres",
+    )
+    try:
+        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", u.database)
+        if not exists:
+            await conn.execute(f'CREATE DATABASE "{u.database}"')
+    finally:
+        await conn.close()

@@ -1,0 +1,270 @@
+"""The senders against real HTTP servers on loopback, the event contract, and the Slack
+message's content. No Prefect server needed."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import jsonschema
+import pytest
+from prefect.client.schemas.objects import FlowRun
+from prefect.states import Cancelled, Completed, Crashed, Failed, Running
+from pydantic import SecretStr
+
+from cv.errors import Reason
+from scanflow.contracts.events import EventType, WebhookEvent, build_event, event_id_for
+from scanflow.local.loopback import Receiver
+from scanflow.notify.senders import (
+    DeliveryError,
+    RetryPolicy,
+    Targets,
+    post_with_retries,
+    send_platform,
+    slack_message,
+)
+from scanflow.notify.signing import HEADER, verify_signature
+from scanflow.settings import REPO_ROOT
+
+SCHEMA = REPO_ROOT / "schemas" / "webhook-event.schema.json"
+LOG = logging.getLogger("test-notify")
+QUICK = RetryPolicy(attempts=5, base_s=0.05, cap_s=0.4, deadline_s=10)
+
+
+class Scripted:
+    """A loopback server answering a script of (status, delay_s, headers), then 200."""
+
+    def __init__(self, script: list[tuple[int, float, dict[str, str]]]) -> None:
+        self.script = list(script)
+        self.hits: list[float] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                outer.hits.append(time.monotonic())
+                status, delay, headers = outer.script.pop(0) if outer.script else (200, 0, {})
+                time.sleep(delay)
+                try:
+                    self.send_response(status)
+                    for k, v in headers.items():
+                        self.send_header(k, v)
+                    self.end_headers()
+                except OSError:
+                    pass  # the client gave up waiting
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _post(server: Scripted, policy: RetryPolicy = QUICK, timeout: float = 2.0) -> Any:
+    import httpx
+
+    with httpx.Client(timeout=timeout) as client:
+        return post_with_retries(
+            client, server.url, b"{}", lambda: {}, policy, label="test", log=LOG
+        )
+
+
+def test_retries_5xx_and_429_then_delivers() -> None:
+    server = Scripted([(503, 0, {}), (502, 0, {}), (429, 0, {"Retry-After": "0.3"})])
+    try:
+        delivery = _post(server)
+    finally:
+        server.close()
+    assert delivery.status == 200 and delivery.attempts == 4
+    assert server.hits[3] - server.hits[2] >= 0.28  # Retry-After honoured
+
+
+def test_retries_a_timeout() -> None:
+    server = Scripted([(200, 1.5, {})])  # slower than the client's 0.5 s timeout
+    try:
+        delivery = _post(server, timeout=0.5)
+    finally:
+        server.close()
+    assert delivery.attempts == 2
+
+
+def test_a_4xx_is_not_retried() -> None:
+    server = Scripted([(400, 0, {})])
+    try:
+        with pytest.raises(DeliveryError) as err:
+            _post(server)
+    finally:
+        server.close()
+    assert err.value.permanent and err.value.status == 400 and len(server.hits) == 1
+
+
+def test_gives_up_within_its_deadline() -> None:
+    server = Scripted([(503, 0, {})] * 50)
+    policy = RetryPolicy(attempts=50, base_s=0.1, cap_s=0.2, deadline_s=1.0)
+    started = time.monotonic()
+    try:
+        with pytest.raises(DeliveryError) as err:
+            _post(server, policy)
+    finally:
+        server.close()
+    assert not err.value.permanent and "HTTP 503" in str(err.value)
+    assert time.monotonic() - started < 3 and len(server.hits) >= 4
+
+
+def test_backoff_grows_exponentially_with_jitter_and_a_cap() -> None:
+    policy = RetryPolicy(base_s=1.0, cap_s=8.0)
+    for attempt, ceiling in [(0, 1.0), (1, 2.0), (2, 4.0), (3, 8.0), (6, 8.0)]:
+        delays = {policy.delay(attempt) for _ in range(50)}
+        assert all(ceiling / 2 <= d <= ceiling for d in delays)
+        assert len(delays) > 1  # jittered
+    assert policy.delay(0, retry_after=30) == 8.0
+
+
+# -- the event ------------------------------------------------------------------------------
+
+
+def _run(**params: Any) -> FlowRun:
+    return FlowRun(
+        id=uuid.uuid4(),
+        flow_id=uuid.uuid4(),
+        name="scan-7",
+        parameters={
+            "scan_id": "scan-7",
+            "patient_id": "pt-4417",
+            "video_uri": "s3://uploads/patients/pt-4417/scans/scan-7.mp4",
+            **params,
+        },
+        start_time=datetime.now(UTC) - timedelta(seconds=42),
+    )
+
+
+def _event(state: Any, run: FlowRun | None = None, **kw: Any) -> WebhookEvent:
+    run = run or _run()
+    return build_event(run, state, source="hook", run_url=f"http://ui/runs/flow-run/{run.id}", **kw)
+
+
+@pytest.mark.parametrize(
+    ("state", "event_type", "reason"),
+    [
+        (Completed(), EventType.COMPLETED, None),
+        (
+            Failed(message="Flow run encountered an exception: RejectedScan: [too_short] 1.0 s"),
+            EventType.REJECTED,
+            Reason.TOO_SHORT,
+        ),
+        (
+            Failed(message="...ProcessingError: [storage_error] s3 is down"),
+            EventType.FAILED,
+            Reason.STORAGE_ERROR,
+        ),
+        (Failed(message="RuntimeError: boom"), EventType.FAILED, Reason.INTERNAL_ERROR),
+        (Failed(name="TimedOut", message="timed out"), EventType.FAILED, Reason.STALLED),
+        (Crashed(message="exit code -9"), EventType.CRASHED, Reason.CRASHED),
+        (Cancelled(message="by an operator"), EventType.FAILED, Reason.INTERNAL_ERROR),
+    ],
+)
+def test_states_map_to_events_and_reasons(
+    state: Any, event_type: EventType, reason: Reason | None
+) -> None:
+    event = _event(state)
+    assert (event.type, event.reason) == (event_type, reason)
+    jsonschema.validate(json.loads(event.model_dump_json()), json.loads(SCHEMA.read_text()))
+
+
+def test_the_event_id_is_the_same_from_both_paths_and_differs_per_outcome() -> None:
+    run = _run()
+    failed = Failed(message="[too_short] 1.0 s")
+    hook = build_event(run, failed, source="hook", run_url="u")
+    automation = build_event(run, failed, source="automation", run_url="u")
+    assert hook.event_id == automation.event_id == event_id_for(run.id, "failed")
+    stalled = build_event(
+        run, Running(), source="automation", run_url="u", stalled="running", stall_limit_s=60
+    )
+    assert stalled.type is EventType.STALLED and stalled.event_id != hook.event_id
+    assert stalled.event_id == event_id_for(str(run.id), "stalled-running")
+    assert event_id_for(run.id, "crashed") != event_id_for(_run().id, "crashed")
+
+
+def test_a_rejection_carries_the_message_and_guidance() -> None:
+    event = _event(
+        Failed(message="RejectedScan: [too_few_usable_frames] 3 of 75 frames usable"),
+        guidance="Hold the scope closer.",
+    )
+    assert event.message == "3 of 75 frames usable"
+    assert event.guidance == "Hold the scope closer."
+    assert event.duration_s is not None and 41 <= event.duration_s <= 60
+
+
+def test_the_schema_file_matches_the_model() -> None:
+    assert json.loads(SCHEMA.read_text()) == WebhookEvent.model_json_schema(), (
+        "regenerate with: python -m scanflow.contracts.events > schemas/webhook-event.schema.json"
+    )
+
+
+# -- platform and Slack payloads ------------------------------------------------------------
+
+
+def test_send_platform_signs_the_exact_body_it_sends() -> None:
+    receiver = Receiver("platform", secret="s3cret").start()
+    event = _event(Failed(message="[not_found] s3://uploads/x.mp4 does not exist."))
+    targets = Targets(receiver.url + "/e", SecretStr("s3cret"), None, frozenset(), 5.0)
+    try:
+        delivery = send_platform(event, targets, QUICK, LOG)
+    finally:
+        receiver.stop()
+    assert delivery is not None and delivery.status == 200
+    [got] = receiver.records
+    assert got.verified == "ok"
+    verify_signature("s3cret", got.headers[HEADER], got.body)
+    assert got.json["event_id"] == str(event.event_id)
+    assert got.headers["X-Scanflow-Event-Id"] == str(event.event_id)
+    assert got.headers["X-Scanflow-Event-Type"] == "scan.rejected"
+
+
+def test_send_platform_refuses_to_send_unsigned() -> None:
+    targets = Targets("http://127.0.0.1:9/e", None, None, frozenset(), 5.0)
+    with pytest.raises(DeliveryError) as err:
+        send_platform(_event(Completed()), targets, QUICK, LOG)
+    assert err.value.permanent
+
+
+def test_targets_never_show_their_secrets() -> None:
+    targets = Targets(
+        "http://p", SecretStr("k-123"), SecretStr("https://hooks/T/B/x"), frozenset(), 1
+    )
+    assert "k-123" not in repr(targets) and "hooks/T/B" not in repr(targets)
+
+
+def test_the_slack_message_has_no_patient_data_and_no_images() -> None:
+    run = _run()
+    event = _event(
+        Failed(
+            message="RejectedScan: [not_found] s3://uploads/patients/pt-4417/scans/scan-7.mp4 "
+            "does not exist (/var/scans/pt-4417/scan-7.mp4, patient pt-4417)"
+        ),
+        run=run,
+    )
+    message = slack_message(event)
+    text = json.dumps(message)
+    assert "pt-4417" not in text and "s3://" not in text and "/var/scans" not in text
+    assert "image" not in text  # no image blocks, no image_url anywhere
+    assert "scan-7" in text and "not_found" in text and "Duration" in text
+    assert f"/runs/flow-run/{run.id}" in text
+    assert message["text"] == "Scan rejected: scan-7 (not_found)"
+    assert {b["type"] for b in message["blocks"]} <= {
+        "header",
+        "section",
+        "actions",
+        "context",
+    }
