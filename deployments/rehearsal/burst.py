@@ -32,20 +32,15 @@ server and of the worker (its flow-run processes included) sampled every 0.5 s.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import base64
 import contextlib
 import json
 import os
 import random
 import re
-import shutil
 import signal
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -59,7 +54,8 @@ from urllib.parse import quote_plus
 
 import httpx
 
-from scanflow.local.loopback import free_port
+from scanflow.local.loopback import MotoServer
+from scanflow.local.sandbox import Sandbox
 
 ROOT = Path(__file__).resolve().parents[2]
 TRIGGER_DIR = ROOT / "deployments" / "trigger"
@@ -182,12 +178,9 @@ def put_uploads(s3_url: str, kinds: list[str], media: dict[str, bytes]) -> list[
 # -- the stack ---------------------------------------------------------------------------
 
 
-class BurstStack:
-    """moto's S3 server and a scanflow stack of their own, in a temporary home.
-
-    The stack is driven through the ``scanflow`` command line in subprocesses whose
-    environment points at it only; this process talks to it with explicit URLs.
-    """
+class BurstStack(Sandbox):
+    """moto's S3 server and a scanflow stack of their own (scanflow.local.sandbox), in a
+    temporary home: the uploads are read from S3, the results written to the home."""
 
     def __init__(
         self,
@@ -198,117 +191,36 @@ class BurstStack:
         extra_env: dict[str, str] | None = None,
         name: str = "burst",
     ) -> None:
-        self.database = database
-        self.home = Path(tempfile.mkdtemp(prefix=f"scanflow-{name}-"))
-        self.port, self.s3_port = free_port(), free_port()
-        self.api_url = f"http://127.0.0.1:{self.port}/api"
-        self.s3_url = f"http://127.0.0.1:{self.s3_port}"
-        self.auth = auth
-        self.pg_database = f"scanflow_{name}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-        self.moto: subprocess.Popen[bytes] | None = None
-        self.keep_home = False
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(("PREFECT_", "SCANFLOW_", "AWS_"))
-        }
-        env.update(
+        super().__init__(
+            name,
+            database=database,
+            auth=auth,
+            settings={
+                "pool_concurrency": str(pool_concurrency),
+                "input_roots": f"s3://{BUCKET}/patients/",
+            },
+        )
+        self.env["PREFECT_SERVER_UI_ENABLED"] = "false"
+        self.moto = MotoServer(self.home / "moto.log")
+        self.s3_url = self.moto.url
+        self.env.update(
             {
-                "PREFECT_API_URL": self.api_url,
-                "PREFECT_HOME": str(self.home / "prefect"),
-                "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                "PREFECT_SERVER_UI_ENABLED": "false",
-                "DO_NOT_TRACK": "1",
-                "SCANFLOW_HOME": str(self.home),
-                "SCANFLOW_SERVER_PORT": str(self.port),
-                "SCANFLOW_WORKER_QUERY_SECONDS": "1",
-                "SCANFLOW_POOL_CONCURRENCY": str(pool_concurrency),
-                "SCANFLOW_RESULTS_URI": (self.home / "results").as_uri(),
-                "SCANFLOW_INPUT_ROOTS": f"s3://{BUCKET}/patients/",
-                "SCANFLOW_DATABASE": database,
-                "SCANFLOW_POSTGRES_URL": (
-                    f"postgresql+asyncpg://postgres@127.0.0.1:5432/{self.pg_database}"
-                ),
                 "AWS_ENDPOINT_URL_S3": self.s3_url,
                 "AWS_ACCESS_KEY_ID": "testing",
                 "AWS_SECRET_ACCESS_KEY": "testing",
                 "AWS_DEFAULT_REGION": "us-east-1",
+                **(extra_env or {}),
             }
         )
-        if auth:
-            env["SCANFLOW_SERVER_AUTH"] = auth
-        env.update(extra_env or {})
-        self.env = env
-
-    # -- lifecycle -----------------------------------------------------------------------
-    def cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "scanflow.cli.main", *args],
-            cwd=ROOT,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-
-    def start_s3(self) -> None:
-        self.moto = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.s3_port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.s3_port), timeout=0.5),
-            ):
-                return
-            time.sleep(0.2)
-        raise RuntimeError("moto's S3 server did not start")
 
     def up(self) -> None:
-        out = self.cli("up")
-        if out.returncode != 0:
-            log = self.home / "logs" / "server.log"
-            tail = log.read_text()[-3000:] if log.is_file() else ""
-            raise RuntimeError(f"scanflow up failed:\n{out.stdout}\n{out.stderr}\n{tail}")
+        self.moto.start()
+        super().up()
 
     def down(self, keep_home: bool = False) -> None:
-        with contextlib.suppress(subprocess.SubprocessError):
-            self.cli("down", timeout=120)
-        if self.moto is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.moto.pid, signal.SIGTERM)
-            self.moto.wait(timeout=20)
-        if self.database == "postgres":
-            asyncio.run(drop_postgres_database(self.pg_database))
-        if not keep_home:
-            shutil.rmtree(self.home, ignore_errors=True)
-
-    def __enter__(self) -> BurstStack:
-        try:
-            self.start_s3()
-            self.up()
-        except BaseException:
-            self.down()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.down(keep_home=self.keep_home or bool(os.environ.get("SCANFLOW_KEEP_TEST_HOME")))
-
-    # -- what runs -----------------------------------------------------------------------
-    def pid(self, service: str) -> int | None:
-        try:
-            return int((self.home / "run" / f"{service}.pid").read_text().strip())
-        except (OSError, ValueError):
-            return None
-
-    def client(self) -> httpx.Client:
-        auth = tuple(self.auth.split(":", 1)) if self.auth else None
-        return httpx.Client(base_url=self.api_url, auth=auth, timeout=60)  # type: ignore[arg-type]
+        self.keep_home = self.keep_home or keep_home
+        super().down()
+        self.moto.stop()
 
     def trigger_env(self) -> dict[str, str]:
         """The Lambda function's environment, as its template sets it, pointed here."""
@@ -322,16 +234,6 @@ class BurstStack:
         if self.auth:
             env["PREFECT_API_AUTH_STRING"] = self.auth
         return env
-
-
-async def drop_postgres_database(name: str) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(host="127.0.0.1", port=5432, user="postgres", database="postgres")
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
 
 
 # -- the trigger, invoked as Lambda would -------------------------------------------------
@@ -657,7 +559,7 @@ def analyse(
 
     by_scan = {u.scan_id: u for u in uploads}
     accepted_ids = {r["flow_run_id"] for inv in submission.invocations for r in inv.runs}
-    with stack.client() as client:
+    with stack.http() as client:
         # this burst's runs only (a stack may hold others, e.g. from a test before it)
         runs = [r for r in read_runs(client) if r["parameters"].get("scan_id") in by_scan]
         runs_by_scan: dict[str, list[dict[str, Any]]] = {}
@@ -784,7 +686,7 @@ def run_burst(
                 f"({submission.retries} retried requests)",
                 flush=True,
             )
-        with stack.client() as client:
+        with stack.http() as client:
             wait_for_drain(client, stall_s, timeout_s, progress)
         drained_at = time.monotonic()
     finally:

@@ -18,21 +18,15 @@ Never the session's shared stack: these secrets must not reach other tests' runs
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
-import tempfile
 import time
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import av
 
-from scanflow.local.loopback import Receiver, free_port
-from scanflow.settings import REPO_ROOT
+from scanflow.local.loopback import Receiver
+from scanflow.local.sandbox import Sandbox
 
 _TAG = uuid.uuid4().hex[:12]
 SIGNING_SECRET = f"whsec-CANARY-sign-{_TAG}"
@@ -71,39 +65,42 @@ def _tagged_copy(src: Path, dest: Path) -> Path:
     return dest
 
 
-@dataclass
-class LeakWorld:
-    home: Path
-    api_url: str
-    env: dict[str, str]
-    platform: Receiver
-    slack: Receiver
-    uploads_bucket: str
-    results_bucket: str
-    runs: dict[str, uuid.UUID] = field(default_factory=dict)
-    finals: dict[str, Any] = field(default_factory=dict)
+class LeakWorld(Sandbox):
+    """The stack, its receivers and buckets, and the runs it made (by case)."""
 
-    def cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "scanflow.cli.main", *args],
-            cwd=REPO_ROOT,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
+    def __init__(self, platform: Receiver, slack: Receiver, s3_endpoint: str) -> None:
+        tag = uuid.uuid4().hex[:8]
+        self.uploads_bucket, self.results_bucket = f"leak-uploads-{tag}", f"leak-results-{tag}"
+        super().__init__(
+            "leak",
+            env={
+                "AWS_ENDPOINT_URL_S3": s3_endpoint,
+                "AWS_ACCESS_KEY_ID": AWS_KEY_ID,
+                "AWS_SECRET_ACCESS_KEY": AWS_SECRET,
+                "AWS_DEFAULT_REGION": "us-east-1",
+            },
         )
-
-    def client(self) -> Any:
-        from prefect.client.orchestration import SyncPrefectClient
-
-        return SyncPrefectClient(self.api_url)
+        self.uploads_dir = self.home / "uploads"
+        self.uploads_dir.mkdir()
+        self.env.update(
+            {
+                "SCANFLOW_RESULTS_URI": f"s3://{self.results_bucket}/results",
+                "SCANFLOW_INPUT_ROOTS": json.dumps(
+                    [f"s3://{self.uploads_bucket}/patients", self.uploads_dir.as_uri()]
+                ),
+                "SCANFLOW_PLATFORM_WEBHOOK_URL": platform.url + "/scanflow/events",
+                "SCANFLOW_PLATFORM_SIGNING_SECRET": SIGNING_SECRET,
+                "SCANFLOW_SLACK_EVENTS": json.dumps(ALL_EVENTS),
+            }
+        )
+        self.platform, self.slack = platform, slack
+        self.runs: dict[str, uuid.UUID] = {}
+        self.finals: dict[str, Any] = {}
 
     def stop(self) -> None:
-        self.cli("down", timeout=120)
+        self.down()
         self.platform.stop()
         self.slack.stop()
-        if not os.environ.get("SCANFLOW_KEEP_TEST_HOME"):
-            shutil.rmtree(self.home, ignore_errors=True)
 
     # -- what the UI and the logs show -------------------------------------------------
     def ui_texts(self) -> dict[str, str]:
@@ -172,48 +169,21 @@ class LeakWorld:
 def start_leak_world(s3_endpoint: str, good_scan: Path) -> LeakWorld:
     import boto3
 
-    home = Path(tempfile.mkdtemp(prefix="scanflow-leak-"))
-    uploads_dir = home / "uploads"
-    uploads_dir.mkdir()
-    port = free_port()
-    api_url = f"http://127.0.0.1:{port}/api"
     platform = Receiver(secret=SIGNING_SECRET).start()
     slack = Receiver().start()
-    tag = uuid.uuid4().hex[:8]
-    uploads, results = f"leak-uploads-{tag}", f"leak-results-{tag}"
-    ours = ("PREFECT_", "SCANFLOW_", "AWS_")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(ours)}
-    env.update(
-        {
-            "PREFECT_API_URL": api_url,
-            "PREFECT_HOME": str(home / "prefect"),
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            "DO_NOT_TRACK": "1",
-            "SCANFLOW_HOME": str(home),
-            "SCANFLOW_SERVER_PORT": str(port),
-            "SCANFLOW_WORKER_QUERY_SECONDS": "1",
-            "SCANFLOW_RESULTS_URI": f"s3://{results}/results",
-            "SCANFLOW_INPUT_ROOTS": json.dumps([f"s3://{uploads}/patients", uploads_dir.as_uri()]),
-            "SCANFLOW_PLATFORM_WEBHOOK_URL": platform.url + "/scanflow/events",
-            "SCANFLOW_PLATFORM_SIGNING_SECRET": SIGNING_SECRET,
-            "SCANFLOW_SLACK_EVENTS": json.dumps(ALL_EVENTS),
-            "AWS_ENDPOINT_URL_S3": s3_endpoint,
-            "AWS_ACCESS_KEY_ID": AWS_KEY_ID,
-            "AWS_SECRET_ACCESS_KEY": AWS_SECRET,
-            "AWS_DEFAULT_REGION": "us-east-1",
-        }
+    world = LeakWorld(platform, slack, s3_endpoint)
+    uploads, results, uploads_dir, home = (
+        world.uploads_bucket,
+        world.results_bucket,
+        world.uploads_dir,
+        world.home,
     )
-    world = LeakWorld(home, api_url, env, platform, slack, uploads, results)
     try:
-        up = world.cli("up")
-        assert up.returncode == 0, up.stdout + up.stderr
-        from prefect.blocks.system import Secret
-        from prefect.settings import PREFECT_API_URL, temporary_settings
-
-        with temporary_settings({PREFECT_API_URL: api_url}):
-            Secret(value=f"{slack.url}/services/T0/B0/{SLACK_TOKEN}").save(
-                "scanflow-slack-webhook-url", overwrite=True
-            )
+        world.up()
+        saved = world.cli(
+            "secrets", "set", "slack-webhook-url", stdin=f"{slack.url}/services/T0/B0/{SLACK_TOKEN}"
+        )
+        assert saved.returncode == 0, saved.stdout + saved.stderr
 
         s3 = boto3.client("s3", endpoint_url=s3_endpoint)  # the test's own credentials
         s3.create_bucket(Bucket=uploads)

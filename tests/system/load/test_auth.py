@@ -55,7 +55,7 @@ def test_clients_without_the_credential_are_refused(
     for auth in (None, (user, "wrong-password"), ("someone", auth_string.split(":", 1)[1])):
         r = httpx.post(f"{api}/flow_runs/filter", json={}, auth=auth, timeout=10)  # type: ignore[arg-type]
         assert r.status_code == 401, (auth is None, r.status_code)
-    with sqlite_stack.client() as client:
+    with sqlite_stack.http() as client:
         assert client.post("/flow_runs/filter", json={"limit": 1}).status_code == 200
 
     # Prefect's own client, given no credential, is refused too
@@ -87,7 +87,7 @@ def test_command_line_submit_and_process_with_auth(sqlite_stack: BurstStack, upl
     processed = _cli(sqlite_stack, "process", f"{upload}/cli-process.mp4", "--patient-id", "auth-p")
     assert processed.returncode == 0, processed.stdout + processed.stderr
     assert processed.stdout.strip().endswith("auth-p/cli-process/manifest.json")
-    with sqlite_stack.client() as client:
+    with sqlite_stack.http() as client:
         runs = client.post(
             "/flow_runs/filter", json={"flow_runs": {"name": {"any_": ["cli-process"]}}}
         ).json()
@@ -134,7 +134,7 @@ def test_lambda_trigger_with_and_without_the_credential(
     assert accepted["status"] == "accepted"
     (run,) = accepted["runs"]  # type: ignore[misc]
     assert run["created"] is True
-    with sqlite_stack.client() as client:
+    with sqlite_stack.http() as client:
         stored = client.get(f"/flow_runs/{run['flow_run_id']}").json()
     assert stored["parameters"] == event
 
@@ -148,7 +148,7 @@ def test_the_credential_is_in_no_log_and_no_output(
     for path in Path(sqlite_stack.home, "logs").glob("*.log"):
         texts[str(path)] = path.read_text(errors="replace")
     logs: list[dict[str, str]] = []
-    with sqlite_stack.client() as client:  # run logs as the Prefect UI shows them
+    with sqlite_stack.http() as client:  # run logs as the Prefect UI shows them
         while page := client.post("/logs/filter", json={"offset": len(logs)}).json():
             logs.extend(page)
     texts["run logs"] = "\n".join(entry["message"] for entry in logs)
