@@ -20,25 +20,19 @@ import argparse
 import os
 import platform
 import shutil
-import socket
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from samples import sample_scan  # bench/ is this script's folder: on sys.path
+
+from scanflow.local.loopback import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
-from samples import sample_scan  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
-sys.path.insert(0, str(ROOT))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _cpu_name() -> str:
@@ -136,7 +130,7 @@ def _configure(cores: int) -> None:
     allowed = sorted(os.sched_getaffinity(0))
     os.sched_setaffinity(0, allowed[:cores])
     home = Path(tempfile.mkdtemp(prefix="scanflow-bench-"))
-    port = _free_port()
+    port = free_port()
     os.environ.update(
         {
             "SCANFLOW_HOME": str(home),

@@ -21,9 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from samples import sample_scan  # bench/ is this script's folder: on sys.path
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
-from samples import sample_scan  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
 
@@ -128,7 +128,6 @@ def main() -> int:
             "SCANFLOW_INPUT_ROOTS": OUT.as_uri(),  # the flow may read the rendered scans
         }
     )
-    sys.path.insert(0, str(ROOT))
     from scanflow.local.stack import LocalStack
     from scanflow.settings import Settings
 

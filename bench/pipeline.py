@@ -29,9 +29,9 @@ import threading
 import time
 from pathlib import Path
 
+from samples import sample_scan  # bench/ is this script's folder: on sys.path
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
-from samples import sample_scan  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
 
@@ -113,7 +113,6 @@ def main() -> int:
         PREFECT_LOGGING_LEVEL="WARNING",
     )
     os.environ.update(env)
-    sys.path.insert(0, str(ROOT))
     from cv.video.frames import decoder_threads
     from scanflow.local.stack import LocalStack
     from scanflow.models.cache import cpu_threads

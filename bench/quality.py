@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from cv.quality.analysis import Fault, QualityThresholds, frame_limits, scan_faults  # noqa: E402
 from cv.synthetic import ScanSpec, render_scan  # noqa: E402

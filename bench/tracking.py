@@ -17,7 +17,6 @@ import av
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from cv.synthetic import VIEWS, ScanSpec, SyntheticScan, later_scan, render_scan  # noqa: E402
 from cv.tracking.registration import register  # noqa: E402

@@ -64,8 +64,8 @@ DEPLOYMENT = "process-scan/local"
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 OPEN = ["SCHEDULED", "PENDING", "RUNNING", "PAUSED", "CANCELLING"]
 BAD_KINDS = ("unreadable", "too_short", "missing", "empty")
-# Invocations in flight: the Lambda template's reserved concurrency for PostgreSQL (or
-# Prefect Cloud); SQLite's single writer accepts a burst fastest from two (README, "Bursts").
+# Invocations in flight: the trigger's concurrency for PostgreSQL (or Prefect Cloud);
+# SQLite's single writer accepts a burst fastest from two (docs/faults.md, "Bursts").
 DEFAULT_LAMBDA_CONCURRENCY = {"postgres": 20, "sqlite": 2}
 
 

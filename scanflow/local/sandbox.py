@@ -60,9 +60,7 @@ class Sandbox:
         self.home = Path(tempfile.mkdtemp(prefix=f"scanflow-{name}-"))
         self.port = free_port()
         self.api_url = f"http://127.0.0.1:{self.port}/api"
-        self.pg_database = f"scanflow_{name}_{os.getpid()}_{uuid.uuid4().hex[:8]}".replace(
-            "-", "_"
-        )
+        self.pg_database = f"scanflow_{name}_{os.getpid()}_{uuid.uuid4().hex[:8]}".replace("-", "_")
         ours = ("PREFECT_", "SCANFLOW_", "AWS_")
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(ours)}
         self.env.update(

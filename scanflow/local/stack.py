@@ -142,7 +142,7 @@ class LocalStack:
             # The late-runs service writes a "Late" state for every run that waits in the
             # queue, which in a burst is every run, just when the submissions and the worker
             # need the writer: off, a 200-scan burst is accepted in half the time with half
-            # the 503s and none of the lock errors in the server log (README, "Bursts").
+            # the 503s and none of the lock errors in the server log (docs/faults.md, "Bursts").
             env.setdefault("PREFECT_SERVER_SERVICES_LATE_RUNS_ENABLED", "false")
         return env
 

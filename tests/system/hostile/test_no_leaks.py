@@ -1,7 +1,7 @@
 """No secret and no patient identifier beyond the pseudonymous ids reaches the logs, Slack or
 the Prefect UI.
 
-What counts (README, "Security"): the pseudonymous patient id and scan id are allowed
+What counts (docs/security.md): the pseudonymous patient id and scan id are allowed
 everywhere except Slack (which gets the scan id only); so is a ``video_uri`` in the upload
 layout ``patients/<patient>/scans/<scan>.<ext>``, made of those ids. Anything else that an
 upload carries is a patient identifier: a name, a birth date or a place in its file name,
