@@ -90,6 +90,16 @@ QUEUES = (
 NOTIFY_QUEUES = (QueueSpec("default", 1, "Outcome deliveries (notify-outcome)."),)
 
 GPU_CAPACITY_PROVIDER = "scanflow-gpu"
+# AWS Fargate's valid task sizes: CPU units -> the memory (MiB) each allows.
+FARGATE_SIZES: dict[int, set[int]] = {
+    256: {512, 1024, 2048},
+    512: set(range(1024, 4097, 1024)),
+    1024: set(range(2048, 8193, 1024)),
+    2048: set(range(4096, 16385, 1024)),
+    4096: set(range(8192, 30721, 1024)),
+    8192: set(range(16384, 61441, 4096)),
+    16384: set(range(32768, 122881, 8192)),
+}
 # Image architecture: every task definition pins it (see the module docstring).
 RUNTIME_PLATFORM = {"cpuArchitecture": "X86_64", "operatingSystemFamily": "LINUX"}
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from deployments.dockerfile import parse_dockerfile
+from deployments.work_pools import FARGATE_SIZES
 
 if TYPE_CHECKING:
     from deployments.rehearsal.production import Rehearsal
@@ -26,13 +27,6 @@ if TYPE_CHECKING:
 POLL_S = 0.5
 # moto's container instances offer 4096 CPU units and 7482 MiB: the GPU probe run asks less.
 GPU_PROBE_SIZE = {"cpu": 2048, "memory": 6144}
-FARGATE_SIZES = {
-    256: {512, 1024, 2048},
-    512: set(range(1024, 4097, 1024)),
-    1024: set(range(2048, 8193, 1024)),
-    2048: set(range(4096, 16385, 1024)),
-    4096: set(range(8192, 30721, 1024)),
-}
 # What the rehearsal uploads besides the runbook's own test upload: every allowed
 # extension, in the cases phones write, and one upload the trigger must refuse.
 PROBES = {

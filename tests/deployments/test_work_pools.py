@@ -20,16 +20,6 @@ from prefect_aws.workers.ecs_worker import ECSJobConfiguration, ECSVariables, EC
 from deployments import work_pools
 from scanflow.settings import REPO_ROOT
 
-# AWS Fargate's valid task sizes: CPU units -> allowed memory (MiB).
-FARGATE_SIZES = {
-    256: {512, 1024, 2048},
-    512: set(range(1024, 4097, 1024)),
-    1024: set(range(2048, 8193, 1024)),
-    2048: set(range(4096, 16385, 1024)),
-    4096: set(range(8192, 30721, 1024)),
-    8192: set(range(16384, 61441, 4096)),
-    16384: set(range(32768, 122881, 8192)),
-}
 EXTRA_GPU_VARIABLES = {"gpu_count"}  # ours, used in the container's resourceRequirements
 
 
@@ -99,7 +89,9 @@ def test_the_push_pool_runs_the_cpu_deployment_on_a_valid_fargate_task() -> None
     assert taskdef["requiresCompatibilities"] == ["FARGATE"]
     assert taskdef["networkMode"] == "awsvpc"
     cpu, memory = int(taskdef["cpu"]), int(taskdef["memory"])
-    assert memory in FARGATE_SIZES[cpu], f"{cpu} CPU units cannot have {memory} MiB on Fargate"
+    assert memory in work_pools.FARGATE_SIZES[cpu], (
+        f"{cpu} CPU units cannot have {memory} MiB on Fargate"
+    )
     container = taskdef["containerDefinitions"][0]
     assert container["image"] == "value-of-SCANFLOW_IMAGE"
     assert container["logConfiguration"]["logDriver"] == "awslogs"
@@ -212,7 +204,7 @@ def test_production_deployments_wire_the_notification_path() -> None:
     }
     config = _render("scanflow-notify-push", "notify-cloud", provisioned)
     taskdef = _task_definition("scanflow-notify-push", config)
-    assert int(taskdef["memory"]) in FARGATE_SIZES[int(taskdef["cpu"])]
+    assert int(taskdef["memory"]) in work_pools.FARGATE_SIZES[int(taskdef["cpu"])]
     assert "taskRoleArn" not in config.task_run_request.get("overrides", {})
     assert config.env["SCANFLOW_PLATFORM_WEBHOOK_URL"] == "value-of-SCANFLOW_PLATFORM_WEBHOOK_URL"
 

@@ -28,9 +28,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from deployments.trigger.scanflow_trigger import handler as trigger
 from tests.support.loopback import AuthServer, free_port
 
 EVENTS_DIR = Path(__file__).parent / "events"
+BUCKET = "scanflow-uploads"
 
 
 @pytest.fixture(scope="session")
@@ -108,3 +110,23 @@ def auth_server() -> Iterator[AuthServer]:
 def s3_event() -> dict[str, object]:
     """An S3 notification as Lambda receives it, several records with URL-encoded keys."""
     return json.loads((EVENTS_DIR / "s3-object-created.json").read_text())  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def trigger_env(monkeypatch: pytest.MonkeyPatch, auth_server: AuthServer) -> AuthServer:
+    """The function's environment as the template sets it, pointed at the auth server."""
+    for name in (
+        "PREFECT_API_KEY",
+        "PREFECT_API_KEY_SECRET_ARN",
+        "PREFECT_API_AUTH_STRING_SECRET_ARN",
+        "SCANFLOW_TIME_RESERVE_S",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PREFECT_API_URL", auth_server.api_url)
+    monkeypatch.setenv("PREFECT_API_AUTH_STRING", auth_server.auth_string)
+    monkeypatch.setenv("SCANFLOW_DEPLOYMENT", auth_server.deployment)
+    monkeypatch.setenv("SCANFLOW_ALLOWED_BUCKETS", BUCKET)
+    monkeypatch.setenv("SCANFLOW_ALLOWED_PREFIXES", "patients/,region=eu/patients/")
+    monkeypatch.setenv("SCANFLOW_WORK_QUEUE", auth_server.work_queue)
+    monkeypatch.setattr(trigger, "_APIS", {})  # a fresh execution environment
+    return auth_server

@@ -18,32 +18,12 @@ from urllib.parse import unquote_plus
 import pytest
 
 from deployments.trigger.scanflow_trigger import handler as trigger
+from tests.deployments.trigger.conftest import BUCKET
 from tests.support.loopback import AuthServer, FakeLambdaContext, FlakyProxy
 
 pytestmark = pytest.mark.integration
 
-BUCKET = "scanflow-uploads"
 EVENTS_DIR = Path(__file__).parent / "events"
-
-
-@pytest.fixture
-def trigger_env(monkeypatch: pytest.MonkeyPatch, auth_server: AuthServer) -> AuthServer:
-    """The function's environment as the template sets it, pointed at the auth server."""
-    for name in (
-        "PREFECT_API_KEY",
-        "PREFECT_API_KEY_SECRET_ARN",
-        "PREFECT_API_AUTH_STRING_SECRET_ARN",
-        "SCANFLOW_TIME_RESERVE_S",
-    ):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("PREFECT_API_URL", auth_server.api_url)
-    monkeypatch.setenv("PREFECT_API_AUTH_STRING", auth_server.auth_string)
-    monkeypatch.setenv("SCANFLOW_DEPLOYMENT", auth_server.deployment)
-    monkeypatch.setenv("SCANFLOW_ALLOWED_BUCKETS", BUCKET)
-    monkeypatch.setenv("SCANFLOW_ALLOWED_PREFIXES", "patients/,region=eu/patients/")
-    monkeypatch.setenv("SCANFLOW_WORK_QUEUE", auth_server.work_queue)
-    monkeypatch.setattr(trigger, "_APIS", {})  # a fresh execution environment
-    return auth_server
 
 
 @pytest.fixture
