@@ -41,20 +41,17 @@ PREFIX = "scanflow: "
 _FLOW_RUN = "prefect.flow-run."
 # Every state a run of ours can leave Running for: a stall ends with any of them.
 _LEAVES_RUNNING = [
-    _FLOW_RUN + name
-    for name in (
-        "Completed",
-        "Cached",
-        "Failed",
-        "TimedOut",
-        "Crashed",
-        "Cancelling",
-        "Cancelled",
-        "Paused",
-        "Suspended",
-        "AwaitingRetry",
-        "Scheduled",
-    )
+    "Completed",
+    "Cached",
+    "Failed",
+    "TimedOut",
+    "Crashed",
+    "Cancelling",
+    "Cancelled",
+    "Paused",
+    "Suspended",
+    "AwaitingRetry",
+    "Scheduled",
 ]
 
 
@@ -80,124 +77,110 @@ def _notify(deployment_id: UUID, trigger: str) -> Any:
     )
 
 
+def _automation(name: str, description: str, trigger: EventTrigger, action: Any) -> AutomationCore:
+    return AutomationCore(
+        name=PREFIX + name,
+        description=description,
+        tags=[OWNER_TAG],
+        trigger=trigger,
+        actions=[action],
+    )
+
+
+def _on(*events: str) -> EventTrigger:
+    """As soon as a process-scan run emits one of ``events``."""
+    return EventTrigger(
+        expect={_FLOW_RUN + e for e in events}, posture=Posture.Reactive, threshold=1, **_match()
+    )
+
+
+def _silence(
+    after: list[str], expect: list[str], within_s: float, *, deployments_only: bool = False
+) -> EventTrigger:
+    """When a run that emitted one of ``after`` emits none of ``expect`` within ``within_s``;
+    ``deployments_only``: runs a worker started, not a flow called in a process."""
+    match = _match()
+    if deployments_only:
+        match["match_related"] = [match["match_related"], {"prefect.resource.role": "deployment"}]
+    return EventTrigger(
+        after={_FLOW_RUN + e for e in after},
+        expect={_FLOW_RUN + e for e in expect},
+        for_each={"prefect.resource.id"},
+        posture=Posture.Proactive,
+        threshold=1,
+        within=timedelta(seconds=within_s),
+        **match,
+    )
+
+
 def desired_automations(settings: Settings, notify_deployment_id: UUID) -> list[AutomationCore]:
     """The automations scanflow wants on the server, for these settings."""
 
-    def reactive(name: str, events: list[str], description: str) -> AutomationCore:
-        return AutomationCore(
-            name=PREFIX + name,
-            description=description,
-            tags=[OWNER_TAG],
-            trigger=EventTrigger(
-                expect=set(events), posture=Posture.Reactive, threshold=1, **_match()
-            ),
-            actions=[_notify(notify_deployment_id, "final")],
-        )
+    def notify(trigger: str) -> Any:
+        return _notify(notify_deployment_id, trigger)
 
-    def proactive(
-        name: str,
-        after: list[str],
-        expect: list[str],
-        within_s: float,
-        description: str,
-        *,
-        deployments_only: bool = False,
-    ) -> tuple[str, EventTrigger, str]:
-        match = _match()
-        if deployments_only:  # runs a worker started, not a flow called in a process
-            match["match_related"] = [
-                match["match_related"],
-                {"prefect.resource.role": "deployment"},
-            ]
-        trigger = EventTrigger(
-            after=set(after),
-            expect=set(expect),
-            for_each={"prefect.resource.id"},
-            posture=Posture.Proactive,
-            threshold=1,
-            within=timedelta(seconds=within_s),
-            **match,
-        )
-        return PREFIX + name, trigger, description
-
+    stall, pending, grace = (
+        settings.stall_after_s,
+        settings.pending_after_s,
+        settings.heartbeat_grace_s,
+    )
     automations = [
-        reactive(
+        _automation(
             "scan completed",
-            [_FLOW_RUN + "Completed"],
             "Tell the platform a scan's results are ready (notify-outcome).",
+            _on("Completed"),
+            notify("final"),
         ),
-        reactive(
+        _automation(
             "scan failed",
-            [_FLOW_RUN + "Failed", _FLOW_RUN + "TimedOut"],
             "Tell the platform and on-call a scan failed or was rejected (notify-outcome).",
+            _on("Failed", "TimedOut"),
+            notify("final"),
         ),
-        reactive(
+        _automation(
             "scan crashed",
-            [_FLOW_RUN + "Crashed"],
             "Tell the platform and on-call a scan's process died (notify-outcome).",
+            _on("Crashed"),
+            notify("final"),
         ),
-        reactive(
+        _automation(
             "scan cancelled",
-            [_FLOW_RUN + "Cancelled"],
             "Tell the platform and on-call a scan was cancelled (notify-outcome).",
+            _on("Cancelled"),
+            notify("final"),
         ),
-    ]
-    for name, trigger, description, action in (
-        (
-            *proactive(
-                "scan stalled",
-                [_FLOW_RUN + "Running", _FLOW_RUN + "Retrying"],
-                _LEAVES_RUNNING,
-                settings.stall_after_s,
-                f"A scan Running for more than {settings.stall_after_s:.0f} s is reported "
-                "stalled (notify-outcome); it is left running.",
-            ),
-            _notify(notify_deployment_id, "stalled-running"),
+        _automation(
+            "scan stalled",
+            f"A scan Running for more than {stall:.0f} s is reported stalled "
+            "(notify-outcome); it is left running.",
+            _silence(["Running", "Retrying"], _LEAVES_RUNNING, stall),
+            notify("stalled-running"),
         ),
-        (
-            *proactive(
-                "scan waiting for capacity",
-                [_FLOW_RUN + "Pending"],
-                [_FLOW_RUN + "*"],
-                settings.pending_after_s,
-                f"A scan Pending for more than {settings.pending_after_s:.0f} s (no "
-                "capacity) is reported stalled (notify-outcome).",
-            ),
-            _notify(notify_deployment_id, "stalled-pending"),
+        _automation(
+            "scan waiting for capacity",
+            f"A scan Pending for more than {pending:.0f} s (no capacity) is reported stalled "
+            "(notify-outcome).",
+            _silence(["Pending"], ["*"], pending),
+            notify("stalled-pending"),
         ),
-        (
-            # Running opens the watch too: a process killed before its first heartbeat
-            # left (it goes within a second of Running, but not under load) would
-            # otherwise stay Running for good. Deployments only: our deployments send
-            # heartbeats (prefect.yaml); a flow called in a process (scanflow process)
-            # sends none and must not be taken for dead after heartbeat_grace_s.
-            *proactive(
-                "missed heartbeats mark crashed",
-                [_FLOW_RUN + "heartbeat", _FLOW_RUN + "Running", _FLOW_RUN + "Retrying"],
-                [_FLOW_RUN + "*"],
-                settings.heartbeat_grace_s,
-                "A running scan that sent no heartbeat nor changed state for "
-                f"{settings.heartbeat_grace_s:.0f} s lost its process: mark it Crashed "
-                "(the 'scan crashed' automation then reports it).",
-                deployments_only=True,
-            ),
+        # Running opens the watch too: a process killed before its first heartbeat left
+        # (it goes within a second of Running, but not under load) would otherwise stay
+        # Running for good. Deployments only: our deployments send heartbeats
+        # (prefect.yaml); a flow called in a process (scanflow process) sends none and must
+        # not be taken for dead after heartbeat_grace_s.
+        _automation(
+            "missed heartbeats mark crashed",
+            f"A running scan that sent no heartbeat nor changed state for {grace:.0f} s lost "
+            "its process: mark it Crashed (the 'scan crashed' automation then reports it).",
+            _silence(["heartbeat", "Running", "Retrying"], ["*"], grace, deployments_only=True),
             ChangeFlowRunState(
                 state=StateType.CRASHED,
                 name="Crashed",
-                message=f"[crashed] no heartbeat for {settings.heartbeat_grace_s:.0f} s: the "
-                "flow run's process or its machine is gone",
+                message=f"[crashed] no heartbeat for {grace:.0f} s: the flow run's process "
+                "or its machine is gone",
             ),
         ),
-    ):
-        automations.append(
-            AutomationCore(
-                name=name,
-                description=description,
-                tags=[OWNER_TAG],
-                trigger=trigger,
-                actions=[action],
-            )
-        )
+    ]
     if settings.crash_retries:
         automations.append(_retry_crashed(settings.crash_retries))
     return automations

@@ -27,7 +27,7 @@ from prefect.utilities.annotations import quote
 from pydantic import Field
 
 from cv.errors import ScanError
-from scanflow.contracts.manifest import Artifacts, Manifest
+from scanflow.contracts.manifest import Manifest
 from scanflow.contracts.options import ID_PATTERN, ScanOptions
 from scanflow.contracts.stages import ModelInfo
 from scanflow.notify.hooks import send_outcome
@@ -137,33 +137,18 @@ def process_scan(
                     frames,
                     inference,
                 )
-            manifest = Manifest(
+            manifest = Manifest.from_stages(
                 scan_id=scan_id,
                 patient_id=patient_id,
                 flow_run_id=str(runtime.flow_run.id) if runtime.flow_run.id else None,
                 code_version=settings.resolved_code_version(),
                 started_at=started,
-                completed_at=datetime.now(UTC),
                 source_uri=video_uri,
-                video=frames.video,
-                quality=frames.quality,
-                model=inference.model,
-                views=inference.views,
-                timings_s=timings,
-                artifacts=Artifacts(
-                    summary_video=summary.video_uri,
-                    summary_video_frames=summary.video_frames,
-                    summary_video_seconds=summary.video_seconds,
-                    contact_sheet=summary.contact_sheet_uri,
-                    keyframes=summary.keyframes,
-                    embeddings=inference.embeddings_uri,
-                    views=inference.views_uri,
-                    frame_quality=frames.frame_quality_uri,
-                    tracking=tracking.uri,
-                ),
-                view_frames=tracking.view_frames,
-                tracking=tracking.summary,
-                trend=tracking.trend,
+                timings=timings,
+                frames=frames,
+                inference=inference,
+                summary=summary,
+                tracking=tracking,
             )
             return publish_manifest(manifest, scan_uri)
         except ScanError as exc:

@@ -20,14 +20,15 @@ import json
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 from prefect import get_run_logger, task
 
 from cv.images import RGB
-from cv.model.predictions import view_coverage
+from cv.model.predictions import FramePredictions, view_coverage
 from scanflow.contracts.options import ModelRef
 from scanflow.contracts.stages import (
     FramesResult,
@@ -37,8 +38,11 @@ from scanflow.contracts.stages import (
     ViewCoverage,
 )
 from scanflow.models.cache import classifier, classifier_for, cpu_threads, load_predictions
-from scanflow.storage import join, store_for
+from scanflow.storage import Store, join, store_for
 from tasks.frames import load_frame
+
+if TYPE_CHECKING:
+    from cv.model.heads import Classifier
 
 __all__ = ["ModelInfo", "cpu_threads", "load_model", "run_inference"]
 
@@ -83,50 +87,21 @@ def run_inference(
     Uses the predictions extract_frames made while decoding when they come from this
     model; otherwise runs the model here, streaming the kept frames from disk.
     """
-    logger = get_run_logger()
     clf = classifier_for(model, cache_dir)
-    ahead = frames.inference
-    if ahead is not None and ahead.model_sha256 == model.sha256 and Path(ahead.path).is_file():
-        pred, elapsed, n_threads = load_predictions(ahead.path), ahead.seconds, ahead.threads
-        when = "while decoding"
-    else:
-        n_threads = (threads or cpu_threads()) if clf.backbone.device.type == "cpu" else None
-        from cv.model.heads import classify_frames
-
-        start = time.perf_counter()
-        pred = classify_frames(clf, KeptImages(frames.kept), batch_size, n_threads)
-        elapsed = time.perf_counter() - start
-        when = "after decoding"
+    pred, elapsed, n_threads, when = _predict(frames, model, clf, batch_size, threads)
     if len(pred.views) != len(frames.kept):
         raise RuntimeError(f"{len(pred.views)} predictions for {len(frames.kept)} kept frames")
     store = store_for(scan_uri)
-    # through a file: np.save into memory and taking its bytes would copy the embeddings
-    # (5 KB a kept frame) twice, a peak that grows with the scan's length
-    with tempfile.TemporaryDirectory(prefix="scanflow-emb-") as tmp:
-        np.save(Path(tmp) / "embeddings.npy", pred.embeddings)
-        emb_uri = store.upload(
-            Path(tmp) / "embeddings.npy",
-            join(scan_uri, "embeddings.npy"),
-            "application/octet-stream",
-        )
-    usable = [f.usable for f in frames.kept]
-    views_doc = {
-        "model": {"name": model.name, "version": model.version, "sha256": model.sha256},
-        "labels": list(clf.labels),
-        "columns": ["kept_index", "frame_index", "time_s", "usable", "view", "confidence"],
-        "rows": [
-            [i, f.index, round(f.time_s, 4), f.usable, clf.labels[int(v)], round(float(c), 4)]
-            for i, (f, v, c) in enumerate(
-                zip(frames.kept, pred.views, pred.confidence, strict=True)
-            )
-        ],
-    }
+    emb_uri = _store_embeddings(store, join(scan_uri, "embeddings.npy"), pred.embeddings)
     views_uri = store.put_bytes(
-        join(scan_uri, "views.json"), json.dumps(views_doc).encode(), "application/json"
+        join(scan_uri, "views.json"),
+        json.dumps(_views_document(frames.kept, pred, model, clf.labels)).encode(),
+        "application/json",
     )
+    usable = [f.usable for f in frames.kept]
     cov = view_coverage(pred.views, pred.confidence, usable, clf.labels, MIN_VIEW_CONFIDENCE)
     fps = len(frames.kept) / elapsed if elapsed > 0 else 0.0
-    logger.info(
+    get_run_logger().info(
         "%d frames at %.1f frames/s on %s (%s threads, %s); views %s; missing %s",
         len(frames.kept),
         fps,
@@ -140,18 +115,54 @@ def run_inference(
         embeddings_uri=emb_uri,
         views_uri=views_uri,
         model=model,
-        views=ViewCoverage(
-            frames=cov.frames,
-            uncertain=cov.uncertain,
-            usable=cov.usable,
-            missing=list(cov.missing),
-            min_confidence=cov.min_confidence,
-            min_frames=cov.min_frames,
-        ),
+        views=ViewCoverage(**asdict(cov)),
         frames=len(frames.kept),
         frames_per_second=fps,
         threads=n_threads,
     )
+
+
+def _predict(
+    frames: FramesResult,
+    model: ModelInfo,
+    clf: Classifier,
+    batch_size: int,
+    threads: int | None,
+) -> tuple[FramePredictions, float, int | None, str]:
+    """The kept frames' predictions, seconds spent, CPU threads, and when they were made:
+    extract_frames' when they come from this model, else computed here."""
+    ahead = frames.inference
+    if ahead is not None and ahead.model_sha256 == model.sha256 and Path(ahead.path).is_file():
+        return load_predictions(ahead.path), ahead.seconds, ahead.threads, "while decoding"
+    from cv.model.heads import classify_frames  # torch: the model is loaded already
+
+    n_threads = (threads or cpu_threads()) if clf.backbone.device.type == "cpu" else None
+    start = time.perf_counter()
+    pred = classify_frames(clf, KeptImages(frames.kept), batch_size, n_threads)
+    return pred, time.perf_counter() - start, n_threads, "after decoding"
+
+
+def _store_embeddings(store: Store, uri: str, embeddings: np.ndarray) -> str:
+    """embeddings.npy, through a file: np.save into memory and taking its bytes would copy
+    the embeddings (5 KB a kept frame) twice, a peak that grows with the scan's length."""
+    with tempfile.TemporaryDirectory(prefix="scanflow-emb-") as tmp:
+        np.save(Path(tmp) / "embeddings.npy", embeddings)
+        return store.upload(Path(tmp) / "embeddings.npy", uri, "application/octet-stream")
+
+
+def _views_document(
+    kept: list[KeptFrame], pred: FramePredictions, model: ModelInfo, labels: Sequence[str]
+) -> dict[str, Any]:
+    """views.json: one row a kept frame, its view and that view's confidence."""
+    return {
+        "model": {"name": model.name, "version": model.version, "sha256": model.sha256},
+        "labels": list(labels),
+        "columns": ["kept_index", "frame_index", "time_s", "usable", "view", "confidence"],
+        "rows": [
+            [i, f.index, round(f.time_s, 4), f.usable, labels[int(v)], round(float(c), 4)]
+            for i, (f, v, c) in enumerate(zip(kept, pred.views, pred.confidence, strict=True))
+        ],
+    }
 
 
 class KeptImages(Sequence[RGB]):

@@ -130,6 +130,79 @@ def _refine_ecc(a: Gray, b: Gray, hom: npt.NDArray[np.float64]) -> npt.NDArray[n
     return np.asarray(refined, np.float64)
 
 
+class _Untrusted(Exception):
+    """A registration that cannot be trusted, with the figures it got so far."""
+
+    def __init__(
+        self,
+        reason: str,
+        matches: int = 0,
+        inliers: int = 0,
+        ratio: float = 0.0,
+        err: float = float("inf"),
+        overlap: float = 0.0,
+    ) -> None:
+        super().__init__(reason)
+        self.registration = Registration(
+            matches=matches,
+            inliers=inliers,
+            inlier_ratio=ratio,
+            reprojection_px=err,
+            refined_by_ecc=False,
+            trustworthy=False,
+            overlap=overlap,
+            change_score=None,
+            changed=None,
+            displacement_px=None,
+            reason=reason,
+        )
+
+
+@dataclass(frozen=True)
+class _Fit:
+    """A homography from the previous frame's features onto the current one's."""
+
+    homography: npt.NDArray[np.float64]
+    matches: int
+    inliers: int
+    ratio: float
+    reprojection_px: float  # in pixels of the current frame as given
+
+
+def _fit(ga: Gray, gb: Gray, t: RegistrationThresholds, scale_to_a: float) -> _Fit:
+    """AKAZE features, ratio-tested matches and a RANSAC homography, each checked against
+    the thresholds; raises _Untrusted with the reason and the figures so far."""
+    ka, da = _features(ga)
+    kb, db = _features(gb)
+    if da is None or db is None or len(ka) < 8 or len(kb) < 8:
+        raise _Untrusted("too few features: a featureless or blurred view")
+    good = [
+        p[0]
+        for p in cv2.BFMatcher(cv2.NORM_HAMMING).knnMatch(db, da, k=2)
+        if len(p) == 2 and p[0].distance < 0.8 * p[1].distance
+    ]
+    if len(good) < 8:
+        raise _Untrusted(f"only {len(good)} feature matches", len(good))
+    src = np.array([kb[m.queryIdx].pt for m in good], np.float32).reshape(-1, 1, 2)
+    dst = np.array([ka[m.trainIdx].pt for m in good], np.float32).reshape(-1, 1, 2)
+    hom, mask = cv2.findHomography(src, dst, cv2.RANSAC, 3.0)
+    if hom is None:
+        raise _Untrusted("no consistent homography", len(good))
+    inl = mask.ravel().astype(bool)
+    n_in = int(inl.sum())
+    ratio = n_in / len(good)
+    proj = cv2.perspectiveTransform(src[inl], hom)
+    err = float(np.sqrt(((proj - dst[inl]) ** 2).sum(axis=2)).mean()) * scale_to_a
+    figures = (len(good), n_in, ratio, err)
+    if n_in < t.min_inliers:
+        raise _Untrusted(f"only {n_in} inliers (need {t.min_inliers})", *figures)
+    if ratio < t.min_inlier_ratio:
+        raise _Untrusted(f"inlier ratio {ratio:.2f} below {t.min_inlier_ratio}", *figures)
+    if err > t.max_reprojection_px:
+        raise _Untrusted(f"reprojection error {err:.1f} px above {t.max_reprojection_px}", *figures)
+    return _Fit(np.asarray(hom, np.float64), len(good), n_in, ratio, err)
+
+
 def register(
     a: RGB, b: RGB, t: RegistrationThresholds | None = None
 ) -> tuple[Registration, npt.NDArray[np.float32] | None]:
@@ -150,70 +223,20 @@ def register(
         gb = np.asarray(
             cv2.resize(gb, (ga.shape[1], ga.shape[0]), interpolation=cv2.INTER_AREA), np.uint8
         )
-
-    def untrusted(
-        matches: int, inliers: int, ratio: float, err: float, reason: str, overlap: float = 0.0
-    ) -> tuple[Registration, None]:
-        untrusted_reg = Registration(
-            matches=matches,
-            inliers=inliers,
-            inlier_ratio=ratio,
-            reprojection_px=err,
-            refined_by_ecc=False,
-            trustworthy=False,
-            overlap=overlap,
-            change_score=None,
-            changed=None,
-            displacement_px=None,
-            reason=reason,
-        )
-        return untrusted_reg, None
-
-    ka, da = _features(ga)
-    kb, db = _features(gb)
-    if da is None or db is None or len(ka) < 8 or len(kb) < 8:
-        return untrusted(0, 0, 0.0, float("inf"), "too few features: a featureless or blurred view")
-    good = [
-        p[0]
-        for p in cv2.BFMatcher(cv2.NORM_HAMMING).knnMatch(db, da, k=2)
-        if len(p) == 2 and p[0].distance < 0.8 * p[1].distance
-    ]
-    if len(good) < 8:
-        return untrusted(len(good), 0, 0.0, float("inf"), f"only {len(good)} feature matches")
-    src = np.array([kb[m.queryIdx].pt for m in good], np.float32).reshape(-1, 1, 2)
-    dst = np.array([ka[m.trainIdx].pt for m in good], np.float32).reshape(-1, 1, 2)
-    hom, mask = cv2.findHomography(src, dst, cv2.RANSAC, 3.0)
-    if hom is None:
-        return untrusted(len(good), 0, 0.0, float("inf"), "no consistent homography")
-    inl = mask.ravel().astype(bool)
-    n_in = int(inl.sum())
-    ratio = n_in / len(good)
-    proj = cv2.perspectiveTransform(src[inl], hom)
-    err = float(np.sqrt(((proj - dst[inl]) ** 2).sum(axis=2)).mean()) * scale_to_a
-    if n_in < t.min_inliers:
-        return untrusted(len(good), n_in, ratio, err, f"only {n_in} inliers (need {t.min_inliers})")
-    if ratio < t.min_inlier_ratio:
-        return untrusted(
-            len(good), n_in, ratio, err, f"inlier ratio {ratio:.2f} below {t.min_inlier_ratio}"
-        )
-    if err > t.max_reprojection_px:
-        return untrusted(
-            len(good),
-            n_in,
-            ratio,
-            err,
-            f"reprojection error {err:.1f} px above {t.max_reprojection_px}",
-        )
-    refined = _refine_ecc(ga, gb, hom)
-    if refined is not None:
-        hom = refined
+    try:
+        fit = _fit(ga, gb, t, scale_to_a)
+    except _Untrusted as untrusted:
+        return untrusted.registration, None
+    refined = _refine_ecc(ga, gb, fit.homography)
+    hom = refined if refined is not None else fit.homography
     h, w = ga.shape
     warped = cv2.warpPerspective(gb, hom, (w, h), flags=cv2.INTER_LINEAR)
     valid = cv2.warpPerspective(np.full_like(gb, 255), hom, (w, h), flags=cv2.INTER_NEAREST)
     valid = cv2.erode(valid, np.ones((7, 7), np.uint8)) > 0
     overlap = float(valid.mean())
     if overlap < t.min_overlap:
-        return untrusted(len(good), n_in, ratio, err, f"overlap {overlap:.0%} too small", overlap)
+        figures = (fit.matches, fit.inliers, fit.ratio, fit.reprojection_px, overlap)
+        return _Untrusted(f"overlap {overlap:.0%} too small", *figures).registration, None
     sa = cv2.GaussianBlur(ga, (0, 0), 1.5)
     sb = cv2.GaussianBlur(warped, (0, 0), 1.5)
     diff = cv2.absdiff(sa, sb)
@@ -227,11 +250,11 @@ def register(
     if changed:
         displacement = _local_displacement(sa, sb, changed_mask) * scale_to_a
     change_map = np.where(valid, diff.astype(np.float32) / 255.0, 0.0).astype(np.float32)
-    reg = Registration(
-        matches=len(good),
-        inliers=n_in,
-        inlier_ratio=ratio,
-        reprojection_px=err,
+    registration = Registration(
+        matches=fit.matches,
+        inliers=fit.inliers,
+        inlier_ratio=fit.ratio,
+        reprojection_px=fit.reprojection_px,
         refined_by_ecc=refined is not None,
         trustworthy=True,
         overlap=overlap,
@@ -239,7 +262,7 @@ def register(
         changed=changed,
         displacement_px=displacement,
     )
-    return reg, change_map
+    return registration, change_map
 
 
 def _local_displacement(current: Gray, previous: Gray, changed: npt.NDArray[np.bool_]) -> float:

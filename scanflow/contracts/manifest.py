@@ -4,14 +4,18 @@ is complete)."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 from pydantic import BaseModel, Field
 
 from cv.quality.analysis import ScanQuality
 from scanflow.contracts.stages import (
+    FramesResult,
+    InferenceResult,
     Keyframe,
     ModelInfo,
+    SummaryResult,
+    TrackingResult,
     TrackingSummary,
     Trend,
     VideoSummary,
@@ -64,6 +68,52 @@ class Manifest(BaseModel):
     )
     tracking: TrackingSummary | None = None
     trend: Trend | None = None
+
+    @classmethod
+    def from_stages(
+        cls,
+        *,
+        scan_id: str,
+        patient_id: str,
+        flow_run_id: str | None,
+        code_version: str,
+        started_at: datetime,
+        source_uri: str,
+        timings: dict[str, float],
+        frames: FramesResult,
+        inference: InferenceResult,
+        summary: SummaryResult,
+        tracking: TrackingResult,
+    ) -> Manifest:
+        """The manifest of a scan whose stages all returned: completed now."""
+        return cls(
+            scan_id=scan_id,
+            patient_id=patient_id,
+            flow_run_id=flow_run_id,
+            code_version=code_version,
+            started_at=started_at,
+            completed_at=datetime.now(UTC),
+            source_uri=source_uri,
+            video=frames.video,
+            quality=frames.quality,
+            model=inference.model,
+            views=inference.views,
+            timings_s=timings,
+            artifacts=Artifacts(
+                summary_video=summary.video_uri,
+                summary_video_frames=summary.video_frames,
+                summary_video_seconds=summary.video_seconds,
+                contact_sheet=summary.contact_sheet_uri,
+                keyframes=summary.keyframes,
+                embeddings=inference.embeddings_uri,
+                views=inference.views_uri,
+                frame_quality=frames.frame_quality_uri,
+                tracking=tracking.uri,
+            ),
+            view_frames=tracking.view_frames,
+            tracking=tracking.summary,
+            trend=tracking.trend,
+        )
 
 
 def manifest_uri(scan_uri: str) -> str:
