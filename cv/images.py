@@ -21,7 +21,8 @@ def encode_jpeg(rgb: RGB, quality: int = 90) -> bytes:
 
 def decode_jpeg(data: bytes) -> RGB:
     """RGB array of JPEG bytes."""
-    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    # OpenCV asserts (cv2.error) on an empty buffer rather than answering None
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
     if bgr is None:
         raise ValueError("not a decodable JPEG")
     return np.asarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), np.uint8)

@@ -134,6 +134,9 @@ class StreamingClassifier:
         try:
             try:
                 self.model = model = self._load()
+            except BaseException as exc:
+                self._error = exc  # before the event: a waiter must see the load's own error
+                raise
             finally:
                 self._settled.set()
             from cv.model.heads import classify_frames  # torch: imported here, off the decoder

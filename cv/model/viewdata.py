@@ -187,7 +187,8 @@ def read_dataset(root: Path, heldout_fraction: float = 0.2, seed: int = 0) -> La
         for label, files in all_dirs.items():
             files = files[:]
             rng.shuffle(files)
-            k = round(len(files) * heldout_fraction) if len(files) > 1 else 0
+            # every class keeps a training frame, whatever the fraction
+            k = min(round(len(files) * heldout_fraction), len(files) - 1)
             held_dirs[label], train_dirs[label] = sorted(files[:k]), sorted(files[k:])
         split = f"{heldout_fraction:.0%} of each class drawn at random (seed {seed})"
     labels = order_labels(list(train_dirs))
@@ -204,5 +205,8 @@ def read_dataset(root: Path, heldout_fraction: float = 0.2, seed: int = 0) -> La
 
 
 def load_image(path: Path) -> npt.NDArray[np.uint8]:
-    """RGB pixels of a dataset image."""
-    return decode_jpeg(path.read_bytes())
+    """RGB pixels of a dataset image; a bad one is named (a dataset has thousands)."""
+    try:
+        return decode_jpeg(path.read_bytes())
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from exc
