@@ -51,6 +51,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ENTRYPOINT = "tests/support/priority_flow.py:priority_sleep"
 QUEUES = {"uploads": 1, "backfill": 3}
 AWAITING = "AwaitingConcurrencySlot"
+SLOT_WAIT_S = 30  # the server's concurrency_slot_wait_seconds (default)
 POLL_S = 1.0  # the worker's PREFECT_WORKER_QUERY_SECONDS
 
 DEPLOYMENT_ENQUEUE = "A: deployment limit 1, ENQUEUE"
@@ -286,18 +287,21 @@ def test_queue_priority_and_a_freed_slot(
         return
 
     # (A) Prefect guarantees only the limit (checked above) and that every run completes.
-    # Beyond that it serves waiting runs by the time their last rejection made them due
-    # again, not by queue: deterministic when the uploads were rejected (the slot was
-    # held) after the waiting backfills had been, with their retries due later by more
-    # than a worker poll, and the first backfill had released the slot by the time the
-    # backfills' retries fell due. Then, at that moment, only backfills are due, so the
-    # worker submits and the server admits a backfill although both uploads are waiting.
-    first, uploads = rows[0], [r for r in rows if r["queue"] == "uploads"]
+    # What always holds: an upload that finds the slot held is refused and rescheduled
+    # concurrency_slot_wait_seconds (30 s) later, whatever its queue's priority, so it waits
+    # at least that long where the pool's limit (B) starts it as soon as the slot frees.
+    uploads = [r for r in rows if r["queue"] == "uploads"]
+    assert all(r["rejections"] >= 1 for r in uploads), rows
+    assert all(r["wait_s"] >= SLOT_WAIT_S - 5 for r in uploads), rows
+    # Beyond that the server serves waiting runs by the time their last refusal made them
+    # due again, not by queue. When the uploads were refused after the waiting backfills,
+    # with their retries due later by more than a worker poll, and the first backfill had
+    # released the slot by then, only backfills are due when the slot frees: a backfill is
+    # served although both uploads wait. On a loaded machine the timings may not line up
+    # that way; the order is then only printed.
+    first = rows[0]
     waiting_backfills = [r for r in rows[1:] if r["queue"] == "backfill"]
-    backfills_due = max(r["retry_due_s"][0] for r in waiting_backfills)
-    assert all(r["rejected_at_s"] for r in waiting_backfills), "precondition: backfills waited"
-    assert all(r["rejections"] for r in uploads), "precondition: uploads were rejected (held)"
+    backfills_due = max(r["retry_due_s"][0] for r in waiting_backfills if r["retry_due_s"])
     uploads_due = min(r["retry_due_s"][0] for r in uploads)
-    assert uploads_due - backfills_due > 2 * POLL_S, "precondition: uploads due later"
-    assert first["end_s"] < backfills_due, "precondition: slot free when backfills fall due"
-    assert rows[1]["queue"] == "backfill", f"expected a backfill served before uploads: {rows}"
+    if uploads_due - backfills_due > 2 * POLL_S and first["end_s"] < backfills_due:
+        assert rows[1]["queue"] == "backfill", f"expected a backfill before the uploads: {rows}"
