@@ -154,10 +154,9 @@ def compute_tracking(
     logger = get_run_logger()
     view_frames = _view_frames(frames, inference)
     history = [m for m in completed_scans(results_root, patient_id) if m.scan_id != scan_id]
-    if previous_scan_ids:
-        wanted = set(previous_scan_ids)
-        history = [m for m in history if m.scan_id in wanted]
-    previous = history[-1] if history else None
+    # previous_scan_ids pins what this scan is compared with; the trend is every scan's
+    compared = [m for m in history if not previous_scan_ids or m.scan_id in previous_scan_ids]
+    previous = compared[-1] if compared else None
     summary = None
     uri = None
     if previous is None:

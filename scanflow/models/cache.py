@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from cv.errors import Reason, scan_error
 from cv.model.predictions import FramePredictions
 from scanflow.contracts.options import ModelRef
 from scanflow.contracts.stages import ModelInfo
@@ -58,7 +59,11 @@ def _classifier(
 
 
 def _key(ref: ModelRef) -> tuple[str, str, str | None, str | None]:
-    assert ref.uri is not None and ref.sha256 is not None
+    if ref.uri is None or ref.sha256 is None:
+        raise scan_error(
+            Reason.MODEL_ERROR,
+            f"a pinned model needs a uri and a sha256; got uri={ref.uri!r}, sha256={ref.sha256!r}",
+        )
     return (ref.uri, ref.sha256, ref.name, ref.version)
 
 

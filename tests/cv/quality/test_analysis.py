@@ -156,22 +156,3 @@ def test_time_coverage_counts_seconds_with_a_usable_frame() -> None:
     coverage, gap = time_coverage(qs, usable, 5.0)
     assert coverage == pytest.approx(2 / 5)  # seconds 0 and 3
     assert gap == pytest.approx(2.5)  # from 0.5 s to 3.0 s
-
-
-def testframe_quality_json_is_one_row_a_frame() -> None:
-    import json
-
-    from cv.quality.analysis import Fault, FrameQuality
-    from tasks.frames import FRAME_QUALITY_COLUMNS, frame_quality_json
-
-    q = [
-        FrameQuality(0, 0.0, 101.234, 120.04, 0.01234, 0.00001, 0.0),
-        FrameQuality(1, 1 / 30, 9.5, 20.0, 0.9, 0.0, 3.333),
-    ]
-    doc = json.loads(frame_quality_json(q, [Fault.NONE, Fault.DARK | Fault.BLURRED]))
-    assert doc["columns"] == FRAME_QUALITY_COLUMNS
-    assert doc["rows"] == [
-        [0, 0.0, 101.23, 120.0, 0.0123, 0.0, 0.0, "ok"],
-        [1, 0.0333, 9.5, 20.0, 0.9, 0.0, 3.33, "DARK|BLURRED"],
-    ]
-    assert json.loads(frame_quality_json([], [])) == {"columns": FRAME_QUALITY_COLUMNS, "rows": []}
