@@ -215,33 +215,6 @@ def test_every_allowed_upload_reaches_the_trigger_whatever_its_case(delivery: st
         assert "UploadQueue" not in stack.properties
 
 
-def test_the_old_suffix_filters_lose_iphone_uploads() -> None:
-    """What the template had: a .mp4 and a .mov suffix rule. S3 matches suffixes by case."""
-    from deployments.s3_filters import missed_uploads
-
-    def rule(suffix: str) -> dict[str, object]:
-        return {
-            "LambdaFunctionArn": "arn:aws:lambda:eu-west-1:1:function:t",
-            "Events": ["s3:ObjectCreated:*"],
-            "Filter": {
-                "Key": {
-                    "FilterRules": [
-                        {"Name": "Prefix", "Value": "patients/"},
-                        {"Name": "Suffix", "Value": suffix},
-                    ]
-                }
-            },
-        }
-
-    old = {"LambdaFunctionConfigurations": [rule(".mp4"), rule(".mov")]}
-    missed = missed_uploads(old, ["patients/"], ["mp4", "mov", "m4v"])
-    assert "patients/patient-1/scans/scan-1.MOV" in missed
-    assert "patients/patient-1/scans/scan-1.m4v" in missed
-    assert "patients/patient-1/scans/scan-1.mov" not in missed
-    # every m4v (4 spellings); every other spelling of mp4 (3) and mov (7)
-    assert len(missed) == 4 + 3 + 7
-
-
 def test_reserving_concurrency_is_a_choice() -> None:
     from deployments.rehearsal import cfn
 

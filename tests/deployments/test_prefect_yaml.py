@@ -1,0 +1,121 @@
+"""prefect.yaml read the way ``prefect deploy`` reads it (deployments/prefect_yaml.py): the
+repository's own file, and small prefect.yaml files written to a temporary repository and
+passed as ``repo``."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from deployments.prefect_yaml import deployment_config, deployments, flow_name, required_env
+
+
+def _repo(tmp_path: Path, text: str) -> Path:
+    (tmp_path / "prefect.yaml").write_text(textwrap.dedent(text))
+    return tmp_path
+
+
+def test_the_repository_declares_its_deployments_by_name() -> None:
+    declared = deployments()
+    assert sorted(declared) == [
+        "ecs-cpu",
+        "ecs-gpu",
+        "local",
+        "notify",
+        "notify-cloud",
+        "notify-ecs",
+    ]
+    assert declared["ecs-gpu"]["work_pool"]["name"] == "scanflow-gpu"
+    assert deployment_config("notify")["work_pool"]["name"] == "notify"
+
+
+def test_an_unknown_deployment_is_refused_naming_the_ones_there_are() -> None:
+    with pytest.raises(RuntimeError) as err:
+        deployment_config("ecs-tpu")
+    message = str(err.value)
+    assert "'ecs-tpu'" in message
+    assert "['ecs-cpu', 'ecs-gpu', 'local', 'notify', 'notify-cloud', 'notify-ecs']" in message
+
+
+def test_required_env_lists_each_placeholder_once_sorted() -> None:
+    assert required_env("ecs-cpu") == [
+        "SCANFLOW_CPU_TASK_ROLE_ARN",
+        "SCANFLOW_IMAGE",
+        "SCANFLOW_INPUT_ROOTS",
+        "SCANFLOW_PLATFORM_WEBHOOK_URL",
+        "SCANFLOW_RESULTS_URI",
+    ]
+    assert required_env("ecs-gpu") == [
+        "SCANFLOW_EXECUTION_ROLE_ARN",
+        "SCANFLOW_GPU_CLUSTER",
+        "SCANFLOW_GPU_TASK_ROLE_ARN",
+        "SCANFLOW_IMAGE",
+        "SCANFLOW_INPUT_ROOTS",
+        "SCANFLOW_PLATFORM_WEBHOOK_URL",
+        "SCANFLOW_RESULTS_URI",
+    ]
+    # notify-outcome reads no uploads: no input roots, no task role
+    assert required_env("notify-cloud") == [
+        "SCANFLOW_IMAGE",
+        "SCANFLOW_PLATFORM_WEBHOOK_URL",
+        "SCANFLOW_RESULTS_URI",
+    ]
+    assert required_env("local") == [] and required_env("notify-ecs") == []
+
+
+def test_flow_name_comes_from_the_entrypoint_in_either_form() -> None:
+    declared = deployments()
+    assert {name: flow_name(d) for name, d in declared.items()} == {
+        "local": "process-scan",
+        "notify": "notify-outcome",
+        "ecs-cpu": "process-scan",
+        "ecs-gpu": "process-scan",
+        "notify-cloud": "notify-outcome",
+        "notify-ecs": "notify-outcome",
+    }
+    assert flow_name({"entrypoint": "flows/notify_outcome.py:notify_outcome"}) == "notify-outcome"
+    assert flow_name({"entrypoint": "flows.process_scan.process_scan"}) == "process-scan"
+
+
+def test_a_given_repository_is_read_instead_of_this_one(tmp_path: Path) -> None:
+    repo = _repo(
+        tmp_path,
+        """
+        name: other
+        deployments:
+          - name: staging
+            entrypoint: flows.process_scan.process_scan
+            description: "mentions {{ $IN_DESCRIPTION }} too"
+            work_pool:
+              name: p
+              job_variables:
+                image: "{{ $IMAGE }}"
+                env:
+                  A: "{{$TIGHT}}"
+                  B: "{{   $SPACED_1   }}"
+                  C: "{{ $IMAGE }}"
+                  D: "{{ not_an_env_var }}"
+                  E: "{{ prefect.variables.x }}"
+                  F: "$NOT_A_PLACEHOLDER"
+          - name: bare
+            entrypoint: flows/notify_outcome.py:notify_outcome
+        """,
+    )
+    assert sorted(deployments(repo)) == ["bare", "staging"]
+    assert required_env("staging", repo) == ["IMAGE", "IN_DESCRIPTION", "SPACED_1", "TIGHT"]
+    assert required_env("bare", repo) == []
+    assert flow_name(deployment_config("bare", repo)) == "notify-outcome"
+    with pytest.raises(
+        RuntimeError, match=r"has no deployment 'local'; it has \['bare', 'staging'\]"
+    ):
+        deployment_config("local", repo)
+
+
+def test_a_prefect_yaml_without_deployments_has_none(tmp_path: Path) -> None:
+    repo = _repo(tmp_path, "name: empty\ndeployments:\n")
+    assert deployments(repo) == {}
+    with pytest.raises(RuntimeError, match=r"it has \[\]"):
+        required_env("local", repo)
+    assert deployments(_repo(tmp_path, "name: empty\n")) == {}
