@@ -78,15 +78,18 @@ def deploy(
             values[name] = spec["Default"]
         else:
             raise TemplateError(f"{path.name}: parameter {name} has no value and no default")
-        if str(spec.get("Type", "")).startswith("List<") and isinstance(values[name], str):
+        kind = str(spec.get("Type", ""))
+        if (kind.startswith("List<") or kind == "CommaDelimitedList") and isinstance(
+            values[name], str
+        ):
             values[name] = values[name].split(",")
     unknown = set(parameters) - set(declared)
     if unknown:
         raise TemplateError(f"{path.name} has no parameters {sorted(unknown)}")
     stack = Stack(stack_name, session.region_name if session else "eu-west-1", values)
     resolver = _Resolver(stack, template)
-    for name, expression in template.get("Conditions", {}).items():
-        stack.conditions[name] = bool(resolver.resolve(expression))
+    for name in template.get("Conditions", {}):
+        resolver.condition(name)  # in any order, as CloudFormation allows
     creator = _Creator(stack, session, account_concurrency)
     for name in _order(template["Resources"]):
         resource = template["Resources"][name]
@@ -142,6 +145,19 @@ class _Resolver:
     def __init__(self, stack: Stack, template: dict[str, Any]) -> None:
         self.stack = stack
         self.template = template
+        self._seen: tuple[str, ...] = ()  # the conditions being resolved (cycle check)
+
+    def condition(self, name: str, seen: tuple[str, ...] = ()) -> bool:
+        """A condition's value, resolving the conditions it names first."""
+        if name not in self.stack.conditions:
+            if name in seen:
+                raise TemplateError(f"conditions refer to each other: {' -> '.join(seen)}")
+            expression = self.template.get("Conditions", {}).get(name)
+            if expression is None:
+                raise TemplateError(f"no condition {name}")
+            self._seen = (*seen, name)
+            self.stack.conditions[name] = bool(self.resolve(expression))
+        return self.stack.conditions[name]
 
     def pseudo(self, name: str) -> Any:
         return {
@@ -187,10 +203,11 @@ class _Resolver:
                 return self.get_att(name, attribute)
             if key == "Fn::Sub":
                 text, extra = (arg[0], self.resolve(arg[1])) if isinstance(arg, list) else (arg, {})
-                return re.sub(r"\$\{([^}!]+)\}", lambda m: self._sub(m[1], extra), text)
+                subbed = re.sub(r"\$\{([^}!]+)\}", lambda m: self._sub(m[1], extra), text)
+                return subbed.replace("${!", "${")  # ${!Literal} is the text ${Literal}
             if key == "Fn::If":
                 condition, yes, no = arg
-                return self.resolve(yes if self.stack.conditions[condition] else no)
+                return self.resolve(yes if self.condition(condition, self._seen) else no)
             if key == "Fn::Equals":
                 a, b = (self.resolve(x) for x in arg)
                 return str(a) == str(b)
@@ -201,7 +218,7 @@ class _Resolver:
             if key == "Fn::Or":
                 return any(self.resolve(x) for x in arg)
             if key == "Condition":
-                return self.stack.conditions[arg]
+                return self.condition(arg, self._seen)
             if key == "Fn::Join":
                 sep, items = arg
                 return sep.join(str(x) for x in self.resolve(items))

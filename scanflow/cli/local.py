@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from prefect import tags
 from prefect.client.orchestration import get_client
@@ -35,8 +36,9 @@ def is_local_api(settings: Settings) -> bool:
 
 
 def _default_scan_id(uri: str) -> str:
-    stem = Path(uri.rstrip("/")).stem or "scan"
-    return re.sub(r"[^A-Za-z0-9_.-]", "-", stem).strip("-.")[:64] or "scan"
+    """A valid scan id from the file's name (percent-decoded: a URI's spaces are %20)."""
+    stem = unquote(Path(uri.rstrip("/")).stem) or "scan"
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", stem).strip("-._")[:64].rstrip("-._") or "scan"
 
 
 def _allow_input(settings: Settings, uri: str) -> None:
@@ -51,10 +53,21 @@ def _allow_input(settings: Settings, uri: str) -> None:
     os.environ["SCANFLOW_INPUT_ROOTS"] = json.dumps(roots)
 
 
+_CLOUD_API = re.compile(r"^https://api\.prefect\.cloud/api/accounts/([^/]+)/workspaces/([^/]+)$")
+
+
 def ui_run_url(settings: Settings, flow_run_id: str) -> str:
-    base = os.environ.get("PREFECT_UI_URL") or os.environ.get(
-        "PREFECT_API_URL", settings.api_url
-    ).removesuffix("/api")
+    """The run's page: PREFECT_UI_URL, else the UI of the API in use (Prefect Cloud's app
+    for a Cloud workspace, the server itself otherwise)."""
+    base = os.environ.get("PREFECT_UI_URL", "").rstrip("/")
+    if not base:
+        api = os.environ.get("PREFECT_API_URL", settings.api_url).rstrip("/")
+        cloud = _CLOUD_API.match(api)
+        base = (
+            f"https://app.prefect.cloud/account/{cloud[1]}/workspace/{cloud[2]}"
+            if cloud
+            else api.removesuffix("/api")
+        )
     return f"{base}/runs/flow-run/{flow_run_id}"
 
 

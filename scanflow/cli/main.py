@@ -59,7 +59,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return int(getattr(handlers, f"cmd_{args.handler}")(args, settings, LocalStack(settings)))
-    except (ScanError, RuntimeError, TimeoutError) as exc:  # one clear line, no traceback
+    # one clear line, no traceback: a refused scan, a bad argument value, a server that
+    # does not answer
+    except (ScanError, ValueError, RuntimeError, TimeoutError) as exc:
         print(f"scanflow {args.command}: {exc}", file=sys.stderr)
         return 1
 

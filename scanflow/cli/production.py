@@ -19,7 +19,7 @@ from deployments.automations import apply_automations, desired_automations, norm
 from deployments.doctor import run_doctor
 from deployments.pool_api import apply_pool
 from deployments.prefect_yaml import required_env
-from deployments.work_pools import pools_for, write_templates
+from deployments.work_pools import POOLS, pools_for, write_templates
 from scanflow.settings import NOTIFICATION_SECRETS, REPO_ROOT, Settings
 
 
@@ -35,8 +35,9 @@ def cmd_pools(args: argparse.Namespace, settings: Settings, stack: Any) -> int:
                 name,
                 cloud=cloud,
                 replace_template=args.replace_template,
+                # the hybrid ECS pools' workers pass the credential to their tasks
                 credential_secret_arn=(
-                    args.credential_secret_arn if name == "scanflow-gpu" else None
+                    args.credential_secret_arn if POOLS[name].type == "ecs" else None
                 ),
             )
         )

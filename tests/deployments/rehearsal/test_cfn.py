@@ -405,3 +405,30 @@ def test_reserving_more_than_the_account_allows_fails_as_aws_fails_it(
     )
     assert concurrency["ReservedConcurrentExecutions"] == 50
     assert stack.properties["Function"]["ReservedConcurrentExecutions"] == 50
+
+
+def test_conditions_in_any_order_literals_and_comma_lists(tmp_path: Path) -> None:
+    """CloudFormation resolves a condition that names one declared after it, writes
+    ``${!Literal}`` as ``${Literal}`` and splits a CommaDelimitedList."""
+    path = tmp_path / "t.yaml"
+    path.write_text(
+        """
+Parameters:
+  Mode: {Type: String, Default: "on"}
+  Names: {Type: CommaDelimitedList, Default: "a,b"}
+Conditions:
+  Both: !And [!Condition IsOn, !Condition IsOn]
+  IsOn: !Equals [!Ref Mode, "on"]
+Resources:
+  Queue:
+    Type: AWS::SQS::Queue
+    Condition: Both
+    Properties:
+      QueueName: !Sub "q-${!Literal}-${AWS::Region}"
+      Tags: !Ref Names
+"""
+    )
+    stack = cfn.deploy(path, stack_name="s", parameters={}, session=None)
+    assert stack.conditions == {"Both": True, "IsOn": True}
+    assert stack.properties["Queue"]["QueueName"] == "q-${Literal}-eu-west-1"
+    assert stack.properties["Queue"]["Tags"] == ["a", "b"]

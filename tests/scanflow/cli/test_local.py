@@ -40,6 +40,8 @@ from scanflow.settings import Settings
         ("file:///data/---.mp4", "scan"),
         ("file:///data/зуб.mp4", "scan"),
         ("s3://b/" + "a" * 80 + ".mp4", "a" * 64),
+        ("file:///data/_draft.mp4", "draft"),
+        ("file:///data/My%20Scan%20%282%29.mp4", "My-Scan--2"),
     ],
 )
 def test_the_default_scan_id_is_a_valid_id_from_the_file_name(uri: str, scan_id: str) -> None:
@@ -66,6 +68,12 @@ def test_the_run_link_uses_the_ui_url_else_the_apis_host(monkeypatch: pytest.Mon
     assert ui_run_url(settings, "abc") == "http://10.0.0.5:4200/runs/flow-run/abc"
     monkeypatch.delenv("PREFECT_API_URL")
     assert ui_run_url(settings, "abc") == "http://127.0.0.1:4321/runs/flow-run/abc"
+    monkeypatch.setenv("PREFECT_API_URL", "http://10.0.0.5:4200/api/")
+    assert ui_run_url(settings, "abc") == "http://10.0.0.5:4200/runs/flow-run/abc"
+    monkeypatch.setenv("PREFECT_API_URL", "https://api.prefect.cloud/api/accounts/a1/workspaces/w2")
+    assert ui_run_url(settings, "abc") == (
+        "https://app.prefect.cloud/account/a1/workspace/w2/runs/flow-run/abc"
+    )
     monkeypatch.setenv("PREFECT_UI_URL", "https://prefect.example")
     assert ui_run_url(settings, "abc") == "https://prefect.example/runs/flow-run/abc"
 
@@ -106,6 +114,15 @@ def test_sample_writes_a_video_of_the_asked_size(
         frames = list(container.decode(stream))
     assert (stream.codec_context.width, stream.codec_context.height) == (96, 64)
     assert len(frames) == 6
+
+
+def test_a_bad_sample_size_is_one_line_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["sample", str(tmp_path / "odd.mp4"), "--seconds", "1", "--width", "95"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("scanflow sample: ") and "95" in err and "\n" not in err
 
 
 # -- submit, against the session's server ----------------------------------------------------
