@@ -158,7 +158,9 @@ class Settings(BaseSettings):
         text = value.strip()
         if not text:
             return None
-        return json.loads(text) if text.startswith("[") else re.split(r"[,\s]+", text)
+        parts = json.loads(text) if text.startswith("[") else re.split(r"[,\s]+", text)
+        # A trailing separator ("a,") leaves an empty part: not a root.
+        return [p for p in parts if p] if isinstance(parts, list) else parts
 
     @field_validator("input_roots")
     @classmethod

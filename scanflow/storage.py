@@ -59,7 +59,7 @@ class FileStore:
 
     def put_bytes(self, uri: str, data: bytes, content_type: str | None = None) -> str:
         dest = self.path(uri)
-        with _storage_errors(uri):
+        with _storage_errors(uri, writing=True):
             dest.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
             try:
@@ -75,7 +75,7 @@ class FileStore:
         dest = self.path(uri)
         if dest.resolve() == path.resolve():
             return uri
-        with _storage_errors(uri):
+        with _storage_errors(uri, writing=True):
             dest.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
             os.close(fd)
@@ -113,10 +113,13 @@ class FileStore:
 
 
 class _storage_errors:
-    """Map OS errors to scan reasons, naming the URI."""
+    """Map OS errors to scan reasons, naming the URI. Reading, a missing or forbidden file
+    is the input's (``not_found``, ``access_denied``); writing results, every failure is
+    ours (``storage_error``), as S3Store reports its own."""
 
-    def __init__(self, uri: str) -> None:
+    def __init__(self, uri: str, *, writing: bool = False) -> None:
         self.uri = uri
+        self.writing = writing
 
     def __enter__(self) -> None:
         return None
@@ -126,6 +129,10 @@ class _storage_errors:
     ) -> None:
         if exc is None or not isinstance(exc, OSError):
             return
+        if self.writing and exc.errno != errno.ENOSPC:
+            raise ProcessingError(
+                Reason.STORAGE_ERROR, f"cannot write {self.uri}: {exc.strerror or exc}."
+            ) from exc
         if isinstance(exc, FileNotFoundError):
             raise scan_error(Reason.NOT_FOUND, f"{self.uri} does not exist.") from exc
         if isinstance(exc, PermissionError):

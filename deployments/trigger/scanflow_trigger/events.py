@@ -265,7 +265,7 @@ def _direct(event: dict[str, Any], config: TriggerConfig) -> ScanRequest:
         )
     scan_id, patient_id, uri = event["scan_id"], event["patient_id"], event["video_uri"]
     for name, value in (("scan_id", scan_id), ("patient_id", patient_id)):
-        if not isinstance(value, str) or not _ID_RE.match(value):
+        if not isinstance(value, str) or not _ID_RE.fullmatch(value):
             raise RejectedInput(f"{name}={value!r} does not match {ID_PATTERN}")
     if not isinstance(uri, str) or not uri.startswith("s3://") or "/" not in uri[5:]:
         raise RejectedInput(f"video_uri={uri!r} is not s3://<bucket>/<key>")

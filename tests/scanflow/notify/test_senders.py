@@ -1,5 +1,5 @@
-"""The senders against real HTTP servers on loopback, the event contract, and the Slack
-message's content. No Prefect server needed."""
+"""The senders against real HTTP servers on loopback, and the Slack message's content. No
+Prefect server needed. (The event itself: tests/scanflow/contracts/test_events.py.)"""
 
 from __future__ import annotations
 
@@ -12,14 +12,12 @@ from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import jsonschema
 import pytest
 from prefect.client.schemas.objects import FlowRun
-from prefect.states import Cancelled, Completed, Crashed, Failed, Running
+from prefect.states import Completed, Failed
 from pydantic import SecretStr
 
-from cv.errors import Reason
-from scanflow.contracts.events import EventType, WebhookEvent, build_event, event_id_for
+from scanflow.contracts.events import WebhookEvent, build_event
 from scanflow.local.loopback import Receiver
 from scanflow.notify.senders import (
     DeliveryError,
@@ -30,9 +28,7 @@ from scanflow.notify.senders import (
     slack_message,
 )
 from scanflow.notify.signing import HEADER, verify_signature
-from scanflow.settings import REPO_ROOT
 
-SCHEMA = REPO_ROOT / "schemas" / "webhook-event.schema.json"
 LOG = logging.getLogger("test-notify")
 QUICK = RetryPolicy(attempts=5, base_s=0.05, cap_s=0.4, deadline_s=10)
 
@@ -131,7 +127,7 @@ def test_backoff_grows_exponentially_with_jitter_and_a_cap() -> None:
     assert policy.delay(0, retry_after=30) == 8.0
 
 
-# -- the event ------------------------------------------------------------------------------
+# -- events to send -------------------------------------------------------------------------
 
 
 def _run(**params: Any) -> FlowRun:
@@ -152,64 +148,6 @@ def _run(**params: Any) -> FlowRun:
 def _event(state: Any, run: FlowRun | None = None, **kw: Any) -> WebhookEvent:
     run = run or _run()
     return build_event(run, state, source="hook", run_url=f"http://ui/runs/flow-run/{run.id}", **kw)
-
-
-@pytest.mark.parametrize(
-    ("state", "event_type", "reason"),
-    [
-        (Completed(), EventType.COMPLETED, None),
-        (
-            Failed(message="Flow run encountered an exception: RejectedScan: [too_short] 1.0 s"),
-            EventType.REJECTED,
-            Reason.TOO_SHORT,
-        ),
-        (
-            Failed(message="...ProcessingError: [storage_error] s3 is down"),
-            EventType.FAILED,
-            Reason.STORAGE_ERROR,
-        ),
-        (Failed(message="RuntimeError: boom"), EventType.FAILED, Reason.INTERNAL_ERROR),
-        (Failed(name="TimedOut", message="timed out"), EventType.FAILED, Reason.STALLED),
-        (Crashed(message="exit code -9"), EventType.CRASHED, Reason.CRASHED),
-        (Cancelled(message="by an operator"), EventType.FAILED, Reason.INTERNAL_ERROR),
-    ],
-)
-def test_states_map_to_events_and_reasons(
-    state: Any, event_type: EventType, reason: Reason | None
-) -> None:
-    event = _event(state)
-    assert (event.type, event.reason) == (event_type, reason)
-    jsonschema.validate(json.loads(event.model_dump_json()), json.loads(SCHEMA.read_text()))
-
-
-def test_the_event_id_is_the_same_from_both_paths_and_differs_per_outcome() -> None:
-    run = _run()
-    failed = Failed(message="[too_short] 1.0 s")
-    hook = build_event(run, failed, source="hook", run_url="u")
-    automation = build_event(run, failed, source="automation", run_url="u")
-    assert hook.event_id == automation.event_id == event_id_for(run.id, "failed")
-    stalled = build_event(
-        run, Running(), source="automation", run_url="u", stalled="running", stall_limit_s=60
-    )
-    assert stalled.type is EventType.STALLED and stalled.event_id != hook.event_id
-    assert stalled.event_id == event_id_for(str(run.id), "stalled-running")
-    assert event_id_for(run.id, "crashed") != event_id_for(_run().id, "crashed")
-
-
-def test_a_rejection_carries_the_message_and_guidance() -> None:
-    event = _event(
-        Failed(message="RejectedScan: [too_few_usable_frames] 3 of 75 frames usable"),
-        guidance="Hold the scope closer.",
-    )
-    assert event.message == "3 of 75 frames usable"
-    assert event.guidance == "Hold the scope closer."
-    assert event.duration_s is not None and 41 <= event.duration_s <= 60
-
-
-def test_the_schema_file_matches_the_model() -> None:
-    assert json.loads(SCHEMA.read_text()) == WebhookEvent.model_json_schema(), (
-        "regenerate with: python -m scanflow.contracts.events > schemas/webhook-event.schema.json"
-    )
 
 
 # -- platform and Slack payloads ------------------------------------------------------------
