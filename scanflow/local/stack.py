@@ -19,13 +19,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import asyncpg  # installed with prefect
 import httpx
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
-from prefect.workers.process import ProcessWorker
-from sqlalchemy.engine import make_url
 
 from scanflow.settings import REPO_ROOT, Settings, prefect_client_env
 
@@ -269,6 +266,10 @@ class LocalStack:
 
 
 async def _ensure_process_pool(name: str, concurrency: int) -> None:
+    # Imported here, as the database drivers below: `scanflow process` runs the flow in the
+    # process that imports this module, and these cost it ~15 MiB of peak RSS it never uses.
+    from prefect.workers.process import ProcessWorker
+
     async with get_client() as client:
         with contextlib.suppress(ObjectAlreadyExists):
             await client.create_work_pool(
@@ -291,6 +292,9 @@ async def _deployment_exists(name: str) -> bool:
 
 
 async def _ensure_postgres_database(url: str) -> None:
+    import asyncpg  # installed with prefect
+    from sqlalchemy.engine import make_url
+
     u = make_url(url)
     conn = await asyncpg.connect(
         host=u.host or "127.0.0.1",
