@@ -25,28 +25,9 @@ from scanflow.contracts.events import (
     outcome_of,
 )
 from scanflow.settings import REPO_ROOT
+from tests.support.events import scan_event, scan_run
 
 SCHEMA = REPO_ROOT / "schemas" / "webhook-event.schema.json"
-
-
-def _run(**params: Any) -> FlowRun:
-    return FlowRun(
-        id=uuid.uuid4(),
-        flow_id=uuid.uuid4(),
-        name="scan-7",
-        parameters={
-            "scan_id": "scan-7",
-            "patient_id": "pt-4417",
-            "video_uri": "s3://uploads/patients/pt-4417/scans/scan-7.mp4",
-            **params,
-        },
-        start_time=datetime.now(UTC) - timedelta(seconds=42),
-    )
-
-
-def _event(state: Any, run: FlowRun | None = None, **kw: Any) -> WebhookEvent:
-    run = run or _run()
-    return build_event(run, state, source="hook", run_url=f"http://ui/runs/flow-run/{run.id}", **kw)
 
 
 def _valid(event: WebhookEvent) -> WebhookEvent:
@@ -77,13 +58,13 @@ def _valid(event: WebhookEvent) -> WebhookEvent:
 def test_states_map_to_events_and_reasons(
     state: Any, event_type: EventType, reason: Reason | None
 ) -> None:
-    event = _event(state)
+    event = scan_event(state)
     assert (event.type, event.reason) == (event_type, reason)
     jsonschema.validate(json.loads(event.model_dump_json()), json.loads(SCHEMA.read_text()))
 
 
 def test_the_event_id_is_the_same_from_both_paths_and_differs_per_outcome() -> None:
-    run = _run()
+    run = scan_run()
     failed = Failed(message="[too_short] 1.0 s")
     hook = build_event(run, failed, source="hook", run_url="u")
     automation = build_event(run, failed, source="automation", run_url="u")
@@ -93,11 +74,11 @@ def test_the_event_id_is_the_same_from_both_paths_and_differs_per_outcome() -> N
     )
     assert stalled.type is EventType.STALLED and stalled.event_id != hook.event_id
     assert stalled.event_id == event_id_for(str(run.id), "stalled-running")
-    assert event_id_for(run.id, "crashed") != event_id_for(_run().id, "crashed")
+    assert event_id_for(run.id, "crashed") != event_id_for(scan_run().id, "crashed")
 
 
 def test_a_rejection_carries_the_message_and_guidance() -> None:
-    event = _event(
+    event = scan_event(
         Failed(message="RejectedScan: [too_few_usable_frames] 3 of 75 frames usable"),
         guidance="Hold the scope closer.",
     )
@@ -173,7 +154,7 @@ def test_event_ids_never_change_between_releases() -> None:
 
 
 def test_a_pending_stall_is_dated_when_it_crossed_the_limit() -> None:
-    run = _run()
+    run = scan_run()
     waiting = Pending()
     event = _valid(
         build_event(
@@ -197,13 +178,13 @@ def test_a_pending_stall_is_dated_when_it_crossed_the_limit() -> None:
 
 
 def test_a_running_stall_says_running() -> None:
-    event = _event(Running(), stalled="running", stall_limit_s=1800.4)
+    event = scan_event(Running(), stalled="running", stall_limit_s=1800.4)
     assert event.message == "running for more than 1800 s"
 
 
 def test_a_completed_event_links_the_manifest_and_carries_no_reason() -> None:
     event = _valid(
-        _event(Completed(), manifest_uri="s3://r/pt-4417/scan-7/manifest.json", guidance="x")
+        scan_event(Completed(), manifest_uri="s3://r/pt-4417/scan-7/manifest.json", guidance="x")
     )
     assert event.links.manifest == "s3://r/pt-4417/scan-7/manifest.json"
     assert event.reason is None and event.message is None and event.guidance is None
@@ -211,7 +192,7 @@ def test_a_completed_event_links_the_manifest_and_carries_no_reason() -> None:
 
 
 def test_a_failure_has_no_manifest_link_and_no_patient_guidance() -> None:
-    event = _event(
+    event = scan_event(
         Failed(message="ProcessingError: [storage_error] S3 answered SlowDown"),
         manifest_uri="s3://r/pt-4417/scan-7/manifest.json",
         guidance="Re-scan.",
@@ -226,23 +207,23 @@ def test_a_failure_has_no_manifest_link_and_no_patient_guidance() -> None:
     [("by an operator", "cancelled: by an operator"), (None, "cancelled: no message")],
 )
 def test_a_cancellation_says_so(message: str | None, said: str) -> None:
-    event = _valid(_event(Cancelled(message=message)))
+    event = _valid(scan_event(Cancelled(message=message)))
     assert event.message == said and event.state.name == "Cancelled"
     assert event.event_id == event_id_for(event.flow_run_id, "cancelled")
 
 
 def test_long_messages_are_cut_and_codeless_ones_kept_whole() -> None:
-    event = _event(Failed(message="[internal_error] " + "x" * 5000))
+    event = scan_event(Failed(message="[internal_error] " + "x" * 5000))
     assert event.message == "x" * MAX_MESSAGE
-    assert _event(Failed(message="RuntimeError: boom")).message == "RuntimeError: boom"
-    assert _event(Failed(message="[too_short]")).message == "[too_short]"  # nothing after it
+    assert scan_event(Failed(message="RuntimeError: boom")).message == "RuntimeError: boom"
+    assert scan_event(Failed(message="[too_short]")).message == "[too_short]"  # nothing after it
 
 
 def test_naive_times_are_utc_and_durations_never_negative() -> None:
-    run = _run()
+    run = scan_run()
     run.start_time = datetime.now(UTC) + timedelta(minutes=5)  # a clock ahead of the state's
     state = State(type=StateType.COMPLETED, name="Completed", timestamp=datetime(2024, 5, 6, 7))
-    event = _valid(_event(state, run=run))
+    event = _valid(scan_event(state, run=run))
     assert event.occurred_at == datetime(2024, 5, 6, 7, tzinfo=UTC)
     assert event.state.timestamp.tzinfo is not None
     assert event.duration_s == 0.0
@@ -250,6 +231,6 @@ def test_naive_times_are_utc_and_durations_never_negative() -> None:
 
 def test_a_run_without_start_or_parameters_still_makes_an_event() -> None:
     run = FlowRun(id=uuid.uuid4(), flow_id=uuid.uuid4(), name="x", parameters={})
-    event = _valid(_event(Crashed(message="exit code -9"), run=run))
+    event = _valid(scan_event(Crashed(message="exit code -9"), run=run))
     assert event.duration_s is None and event.scan_id is None and event.patient_id is None
     assert event.type is EventType.CRASHED and event.message == "exit code -9"

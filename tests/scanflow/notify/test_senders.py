@@ -7,17 +7,13 @@ import json
 import logging
 import threading
 import time
-import uuid
-from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from prefect.client.schemas.objects import FlowRun
 from prefect.states import Completed, Failed
 from pydantic import SecretStr
 
-from scanflow.contracts.events import WebhookEvent, build_event
 from scanflow.local.loopback import Receiver
 from scanflow.notify.senders import (
     DeliveryError,
@@ -28,6 +24,7 @@ from scanflow.notify.senders import (
     slack_message,
 )
 from scanflow.notify.signing import HEADER, verify_signature
+from tests.support.events import scan_event, scan_run
 
 LOG = logging.getLogger("test-notify")
 QUICK = RetryPolicy(attempts=5, base_s=0.05, cap_s=0.4, deadline_s=10)
@@ -130,32 +127,12 @@ def test_backoff_grows_exponentially_with_jitter_and_a_cap() -> None:
 # -- events to send -------------------------------------------------------------------------
 
 
-def _run(**params: Any) -> FlowRun:
-    return FlowRun(
-        id=uuid.uuid4(),
-        flow_id=uuid.uuid4(),
-        name="scan-7",
-        parameters={
-            "scan_id": "scan-7",
-            "patient_id": "pt-4417",
-            "video_uri": "s3://uploads/patients/pt-4417/scans/scan-7.mp4",
-            **params,
-        },
-        start_time=datetime.now(UTC) - timedelta(seconds=42),
-    )
-
-
-def _event(state: Any, run: FlowRun | None = None, **kw: Any) -> WebhookEvent:
-    run = run or _run()
-    return build_event(run, state, source="hook", run_url=f"http://ui/runs/flow-run/{run.id}", **kw)
-
-
 # -- platform and Slack payloads ------------------------------------------------------------
 
 
 def test_send_platform_signs_the_exact_body_it_sends() -> None:
     receiver = Receiver("platform", secret="s3cret").start()
-    event = _event(Failed(message="[not_found] s3://uploads/x.mp4 does not exist."))
+    event = scan_event(Failed(message="[not_found] s3://uploads/x.mp4 does not exist."))
     targets = Targets(receiver.url + "/e", SecretStr("s3cret"), None, frozenset(), 5.0)
     try:
         delivery = send_platform(event, targets, QUICK, LOG)
@@ -173,7 +150,7 @@ def test_send_platform_signs_the_exact_body_it_sends() -> None:
 def test_send_platform_refuses_to_send_unsigned() -> None:
     targets = Targets("http://127.0.0.1:9/e", None, None, frozenset(), 5.0)
     with pytest.raises(DeliveryError) as err:
-        send_platform(_event(Completed()), targets, QUICK, LOG)
+        send_platform(scan_event(Completed()), targets, QUICK, LOG)
     assert err.value.permanent
 
 
@@ -185,8 +162,8 @@ def test_targets_never_show_their_secrets() -> None:
 
 
 def test_the_slack_message_has_no_patient_data_and_no_images() -> None:
-    run = _run()
-    event = _event(
+    run = scan_run()
+    event = scan_event(
         Failed(
             message="RejectedScan: [not_found] s3://uploads/patients/pt-4417/scans/scan-7.mp4 "
             "does not exist (/var/scans/pt-4417/scan-7.mp4, patient pt-4417)"
