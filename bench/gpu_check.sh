@@ -22,7 +22,7 @@ print(f"device: {torch.cuda.get_device_name(0)}")
 PY
 
 echo "== gpu tests"
-"$PY" -m pytest -q -m gpu -p no:cacheprovider tests/model/test_gpu.py tests/cv/test_model.py
+"$PY" -m pytest -q -m gpu -p no:cacheprovider tests/cv/model/test_gpu.py tests/cv/model/test_network.py
 
 echo "== GPU throughput"
 "$PY" bench/inference.py --device cuda --batches 1 16 64 256 --frames 512 --no-pipeline

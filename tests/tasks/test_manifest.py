@@ -23,7 +23,7 @@ from prefect.client.schemas.actions import ArtifactCreate
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
 from cv.quality.analysis import ScanQuality
-from scanflow.contracts.manifest import Artifacts, Manifest
+from scanflow.contracts.manifest import Manifest
 from scanflow.contracts.options import ID_PATTERN
 from scanflow.contracts.stages import (
     ModelInfo,
@@ -36,6 +36,7 @@ from scanflow.contracts.stages import (
 )
 from scanflow.settings import REPO_ROOT
 from tasks.manifest import artifact_key, publish_manifest
+from tests.support.manifests import sample_manifest
 
 SCHEMA = json.loads((REPO_ROOT / "schemas" / "manifest.schema.json").read_text())
 
@@ -80,13 +81,13 @@ def _manifest(scan_id: str, scan_uri: str, *, tracked: bool) -> Manifest:
         json_uri=f"{scan_uri}/trend.json",
         plot_uri=f"{scan_uri}/trend.png",
     )
-    return Manifest(
-        scan_id=scan_id,
-        patient_id="pt-1",
-        flow_run_id=None,
+    return sample_manifest(
+        scan_id,
+        "pt-1",
+        done,
+        scan_uri=scan_uri,
         code_version="0.1.0+gtest",
         started_at=done - timedelta(seconds=12.34),
-        completed_at=done,
         source_uri="s3://uploads/patients/pt-1/scans/s.mp4",
         video=VideoSummary(
             codec="h264",
@@ -110,15 +111,6 @@ def _manifest(scan_id: str, scan_uri: str, *, tracked: bool) -> Manifest:
             min_frames=1,
         ),
         timings_s={"extract_frames": 0.5},
-        artifacts=Artifacts(
-            summary_video=f"{scan_uri}/summary.mp4",
-            summary_video_frames=60,
-            summary_video_seconds=6.0,
-            contact_sheet=f"{scan_uri}/contact_sheet.jpg",
-            keyframes=[],
-            embeddings=f"{scan_uri}/embeddings.npy",
-            frame_quality=f"{scan_uri}/frame_quality.json",
-        ),
         tracking=tracking if tracked else None,
         trend=trend if tracked else None,
     )

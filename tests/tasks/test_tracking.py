@@ -21,10 +21,9 @@ import pytest
 from prefect.logging import disable_run_logger
 
 from cv.images import decode_jpeg, encode_jpeg
-from cv.quality.analysis import ScanQuality
 from cv.synthetic import VIEWS, ScanSpec, SyntheticScan, later_scan, render_scan
 from cv.tracking.registration import Registration, register
-from scanflow.contracts.manifest import Artifacts, Manifest, manifest_uri
+from scanflow.contracts.manifest import Manifest, manifest_uri
 from scanflow.contracts.options import ScanOptions
 from scanflow.contracts.stages import (
     FramesResult,
@@ -32,7 +31,6 @@ from scanflow.contracts.stages import (
     ModelInfo,
     SummaryResult,
     TrackingResult,
-    VideoSummary,
     ViewChange,
     ViewCoverage,
     ViewFrame,
@@ -40,6 +38,7 @@ from scanflow.contracts.stages import (
 from scanflow.storage import FileStore, join
 from tasks.frames import extract_frames, load_frame
 from tasks.tracking import _compare, completed_scans, compute_tracking
+from tests.support.manifests import sample_manifest
 
 PATIENT = "pt-1"
 LABELS = [*VIEWS, "other"]
@@ -268,40 +267,6 @@ def test_previous_scan_ids_pin_the_scan_compared_with(
 # -- completed_scans ------------------------------------------------------------------------
 
 
-def _bare_manifest(scan_id: str, patient_id: str, at: datetime) -> Manifest:
-    uri = f"file:///results/{patient_id}/{scan_id}"
-    return Manifest(
-        scan_id=scan_id,
-        patient_id=patient_id,
-        flow_run_id=None,
-        code_version="test",
-        started_at=at - timedelta(seconds=30),
-        completed_at=at,
-        source_uri=f"file:///uploads/{scan_id}.mp4",
-        video=VideoSummary(
-            codec="h264",
-            width=320,
-            height=240,
-            fps=15.0,
-            declared_duration_s=6.0,
-            duration_s=6.0,
-            size_bytes=1,
-        ),
-        quality=ScanQuality(True, 90, 80, 80 / 90, 6.0, 120, 60, 128, 0, 0, 0, 0, 1.0, 0.5),
-        model=ModelInfo(name="m", version="1", sha256="0" * 64, device="cpu"),
-        timings_s={},
-        artifacts=Artifacts(
-            summary_video=f"{uri}/summary.mp4",
-            summary_video_frames=1,
-            summary_video_seconds=0.1,
-            contact_sheet=f"{uri}/contact_sheet.jpg",
-            keyframes=[],
-            embeddings=f"{uri}/embeddings.npy",
-            frame_quality=f"{uri}/frame_quality.json",
-        ),
-    )
-
-
 def _write(root: Path, manifest: Manifest) -> None:
     folder = root / manifest.patient_id / manifest.scan_id
     folder.mkdir(parents=True, exist_ok=True)
@@ -312,10 +277,10 @@ def test_completed_scans_are_the_patients_manifests_oldest_first(tmp_path: Path)
     root = tmp_path / "results"
     now = datetime.now(UTC)
     # folder names sort the other way from completion times
-    _write(root, _bare_manifest("a-latest", PATIENT, now))
-    _write(root, _bare_manifest("b-earliest", PATIENT, now - timedelta(days=30)))
-    _write(root, _bare_manifest("c-middle", PATIENT, now - timedelta(days=3)))
-    _write(root, _bare_manifest("theirs", "pt-2", now - timedelta(days=10)))
+    _write(root, sample_manifest("a-latest", PATIENT, now))
+    _write(root, sample_manifest("b-earliest", PATIENT, now - timedelta(days=30)))
+    _write(root, sample_manifest("c-middle", PATIENT, now - timedelta(days=3)))
+    _write(root, sample_manifest("theirs", "pt-2", now - timedelta(days=10)))
     # a scan being processed, or one that failed half-way: frames, no manifest
     (root / PATIENT / "d-unfinished" / "frames").mkdir(parents=True)
     (root / PATIENT / "d-unfinished" / "frame_quality.json").write_text("{}")

@@ -296,7 +296,7 @@ def world(
 def _submitted(world: World, case: Case, timeout: float = WAIT) -> uuid.UUID:
     """The case's run id, once its scenario (running in the background) has created it."""
     deadline = time.monotonic() + timeout
-    scenario = case.stack.name
+    scenario = "faults" if case.stack is world.faults else "crash"  # its _background name
     while case.run_id is None:
         if world.done[scenario].is_set():
             world.scenario_ok(scenario)  # says why it stopped
