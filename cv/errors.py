@@ -1,11 +1,13 @@
-"""Why a scan could not be processed, as a reason code the platform can act on.
+"""Why a scan could not be processed, as a reason code the platform can act on, and whose
+the cause is.
 
     ScanError                 (every failure of a scan carries one Reason)
-     ├── RejectedScan         the patient's to fix: re-scan (scan.rejected)
-     └── ProcessingError      ours to fix (scan.failed)
+     ├── RejectedScan         the patient's to fix: re-scan (scan.rejected, cause patient)
+     └── ProcessingError      ours to fix (scan.failed; cause infrastructure, integration,
+                              model or internal)
 
-The reason codes are the contract listed in docs/design.md. Third-party errors (PyAV, boto3,
-torch) are mapped to these at the edge with ``raise ... from exc``.
+The reason codes and their causes are the contract listed in docs/design.md. Third-party
+errors (PyAV, boto3, torch) are mapped to these at the edge with ``raise ... from exc``.
 """
 
 from __future__ import annotations
@@ -35,11 +37,29 @@ class Reason(enum.StrEnum):
         """True for the reasons a re-scan fixes (reported as ``scan.rejected``)."""
         return self in PATIENT_FIXABLE
 
+    @property
+    def cause(self) -> Cause:
+        return CAUSES[self]
+
+
+class Cause(enum.StrEnum):
+    """Whose the failure is, and so who acts on it."""
+
+    PATIENT = "patient"  # the upload: the platform asks for a re-scan
+    INFRASTRUCTURE = "infrastructure"  # storage, capacity, a worker that died: retried
+    INTEGRATION = "integration"  # what the platform or trigger sent us: not there, not ours
+    MODEL = "model"  # the model would not load or run: on-call
+    INTERNAL = "internal"  # a bug of ours: on-call
+
+    @property
+    def pages_on_call(self) -> bool:
+        return self in ON_CALL
+
+
+ON_CALL = frozenset({Cause.MODEL, Cause.INTERNAL})
 
 PATIENT_FIXABLE = frozenset(
     {
-        Reason.NOT_FOUND,
-        Reason.ACCESS_DENIED,
         Reason.TOO_LARGE,
         Reason.UNREADABLE_VIDEO,
         Reason.NO_VIDEO_STREAM,
@@ -49,6 +69,17 @@ PATIENT_FIXABLE = frozenset(
         Reason.TOO_FEW_USABLE_FRAMES,
     }
 )
+
+CAUSES: dict[Reason, Cause] = {
+    **dict.fromkeys(PATIENT_FIXABLE, Cause.PATIENT),
+    Reason.NOT_FOUND: Cause.INTEGRATION,
+    Reason.ACCESS_DENIED: Cause.INTEGRATION,
+    Reason.MODEL_ERROR: Cause.MODEL,
+    Reason.STORAGE_ERROR: Cause.INFRASTRUCTURE,
+    Reason.CRASHED: Cause.INFRASTRUCTURE,
+    Reason.STALLED: Cause.INFRASTRUCTURE,
+    Reason.INTERNAL_ERROR: Cause.INTERNAL,
+}
 
 
 class ScanError(Exception):

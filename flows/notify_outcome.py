@@ -25,6 +25,7 @@ from scanflow.notify.senders import (
     run_url,
     send_platform,
     send_slack,
+    tag_cause,
 )
 from scanflow.settings import Settings
 
@@ -80,13 +81,15 @@ def read_outcome(
         if state.type.value not in _FINAL:
             log.warning("flow run %s is %s, not final: nothing to report", run.id, state.name)
             return None
-        return build_event(
+        event = build_event(
             run,
             state,
             source="automation",
             run_url=run_url(run.id),
             manifest_uri=manifest_for(settings, run.parameters or {}),
         )
+        tag_cause(run, event)
+        return event
     phase: Literal["running", "pending"] = "running" if trigger == "stalled-running" else "pending"
     if current is None or current.id != state.id or current.type.value != phase.upper():
         log.info("flow run %s moved on (%s): no longer stalled", run.id, current and current.name)

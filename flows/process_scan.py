@@ -17,20 +17,23 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Annotated, cast
+from typing import Annotated, Any, cast
 
 from prefect import flow, get_run_logger, runtime
 from prefect.artifacts import create_markdown_artifact
+from prefect.client.schemas.objects import State
 from prefect.context import TagsContext
 from prefect.futures import PrefectFuture
+from prefect.states import Failed
 from prefect.utilities.annotations import quote
 from pydantic import Field
 
-from cv.errors import ScanError
+from cv.errors import RejectedScan, ScanError
 from scanflow.contracts.manifest import Manifest
 from scanflow.contracts.options import ID_PATTERN, ScanOptions
 from scanflow.contracts.stages import ModelInfo
 from scanflow.notify.hooks import send_outcome
+from scanflow.rejections import quiet_rejections, rejection_line
 from scanflow.settings import Settings
 from scanflow.storage import join
 from tasks.download import download_scan
@@ -42,6 +45,9 @@ from tasks.tracking import compute_tracking
 
 ScanId = Annotated[str, Field(pattern=ID_PATTERN, description="The scan's id.")]
 PatientId = Annotated[str, Field(pattern=ID_PATTERN, description="Pseudonymous patient id.")]
+REJECTED = "Rejected"  # the final state's name for a scan the patient should redo
+
+quiet_rejections()  # a rejection's traceback is not logged by Prefect's engines
 
 
 @contextmanager
@@ -82,8 +88,10 @@ def process_scan(
     video_uri: str,
     previous_scan_ids: list[Annotated[str, Field(pattern=ID_PATTERN)]] | None = None,
     options: ScanOptions | None = None,
-) -> str:
-    """Process one scan; returns the manifest's URI."""
+) -> str | State[Any]:
+    """Process one scan; returns the manifest's URI, or a Failed state named ``Rejected``
+    (message ``[reason] ...``) when the patient should re-scan. Never retried: the same
+    upload is refused the same way."""
     options = options or ScanOptions()
     settings = Settings()
     started = datetime.now(UTC)
@@ -151,6 +159,9 @@ def process_scan(
                 tracking=tracking,
             )
             return publish_manifest(manifest, scan_uri)
+        except RejectedScan as exc:
+            _report_failure(scan_id, exc)
+            return Failed(name=REJECTED, message=str(exc), data=exc)
         except ScanError as exc:
             _report_failure(scan_id, exc)
             raise
@@ -171,12 +182,17 @@ def _load_model_beside(
 
 
 def _report_failure(scan_id: str, exc: ScanError) -> None:
-    get_run_logger().error("scan %s failed: %s", scan_id, exc)
-    verdict = "rejected: the patient should re-scan" if exc.reason.is_patient_fixable else "failed"
+    """One log line (the rejection's carries the guidance) and the run's summary artifact."""
+    if isinstance(exc, RejectedScan):
+        get_run_logger().warning(rejection_line(scan_id, exc))
+        verdict = "rejected: the patient should re-scan"
+    else:
+        get_run_logger().error("scan %s failed: %s", scan_id, exc)
+        verdict = "failed"
     lines = [
         f"## Scan `{scan_id}`: {verdict}",
         "",
-        f"- reason: `{exc.reason.value}`",
+        f"- reason: `{exc.reason.value}` (cause: {exc.reason.cause.value})",
         f"- {exc.message}",
     ]
     if exc.guidance:

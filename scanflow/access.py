@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from urllib.parse import unquote, urlsplit
 
-from cv.errors import Reason, RejectedScan
+from cv.errors import ProcessingError, Reason
 
 SCHEMES = ("s3", "file")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -76,12 +76,12 @@ def parse_root(text: str) -> InputRoot:
     return InputRoot("file", "", tuple(segments))
 
 
-def _deny(uri: str, why: str) -> RejectedScan:
-    return RejectedScan(Reason.ACCESS_DENIED, f"video_uri {uri[:300]!r} is not allowed: {why}.")
+def _deny(uri: str, why: str) -> ProcessingError:
+    return ProcessingError(Reason.ACCESS_DENIED, f"video_uri {uri[:300]!r} is not allowed: {why}.")
 
 
 def check_input_uri(uri: str, patient_id: str, roots: Iterable[InputRoot]) -> None:
-    """Raise ``RejectedScan(access_denied)`` unless ``uri`` may be read for ``patient_id``.
+    """Raise ``ProcessingError(access_denied)`` unless ``uri`` may be read for ``patient_id``.
 
     Args:
         uri: the run's ``video_uri`` (for ``file://``, also call it again with the path

@@ -15,6 +15,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from cv.errors import Cause
 from scanflow.access import parse_root
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -113,7 +114,19 @@ class Settings(BaseSettings):
     )
     slack_events: list[str] = Field(
         ["scan.failed", "scan.crashed", "scan.stalled"],
-        description="Event types posted to Slack (JSON list in the environment).",
+        description="Event types posted to Slack (JSON list in the environment); a "
+        "rejection is the platform's to tell the patient, not on-call's.",
+    )
+    slack_webhook_urls: dict[Cause, SecretStr] = Field(
+        {},
+        description="A Slack webhook per cause (JSON object, e.g. "
+        '{"model": "https://hooks.slack.com/...", "internal": "..."}); a cause not named '
+        "goes to slack_webhook_url.",
+    )
+    slack_oncall_mention: str | None = Field(
+        None,
+        description="Put first in Slack messages whose cause pages on-call (model, internal), "
+        "e.g. <!subteam^S0123> or <!here>; unset: no mention.",
     )
     notify_timeout_s: float = Field(10.0, gt=0, le=120, description="Per HTTP request.")
     notify_pool: str = Field("notify", description="Work pool of the notify-outcome deployment.")
@@ -133,11 +146,12 @@ class Settings(BaseSettings):
         "(heartbeats every 30 s, prefect.yaml).",
     )
     crash_retries: int = Field(
-        0,
+        1,
         ge=0,
         le=3,
         description="A scan whose process, worker or machine died (Crashed) on one of its "
-        "first N attempts is rescheduled, same flow run; 0: crashes are only reported.",
+        "first N attempts is rescheduled, same flow run (default 1: a crash is ours, not the "
+        "scan's); 0: crashes are only reported.",
     )
 
     @field_validator("server_auth")

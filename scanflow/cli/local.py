@@ -21,6 +21,7 @@ from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settin
 from cv.synthetic import ScanSpec, render_scan
 from flows.process_scan import process_scan
 from scanflow.access import parse_root
+from scanflow.contracts.events import EventType, classify
 from scanflow.contracts.manifest import manifest_uri
 from scanflow.contracts.options import ScanOptions
 from scanflow.local.stack import LocalStack
@@ -28,6 +29,29 @@ from scanflow.settings import Settings
 from scanflow.storage import join, to_uri
 
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+# `scanflow process` and `scanflow submit --wait` exit with the scan's outcome (README):
+EXIT_COMPLETED = 0
+EXIT_FAILED = 1  # ours to fix: failed, crashed, cancelled, stalled (2 is a usage error)
+EXIT_REJECTED = 3  # the patient's to fix: a re-scan is needed
+
+
+def exit_code(state: Any) -> int:
+    """The exit code for a run's final state."""
+    if state.type.value == "COMPLETED":
+        return EXIT_COMPLETED
+    if state.type.value not in FINAL:
+        return EXIT_FAILED
+    event_type, _ = classify(state.type.value, state.name, state.message)
+    return EXIT_REJECTED if event_type is EventType.REJECTED else EXIT_FAILED
+
+
+def _outcome_lines(state: Any) -> list[str]:
+    """The reason code and its cause, for a run that did not complete."""
+    event_type, reason = classify(state.type.value, state.name, state.message)
+    if reason is None:
+        return []
+    return [f"reason: {reason.value} (cause: {reason.cause.value}; {event_type.value})"]
 
 
 def is_local_api(settings: Settings) -> bool:
@@ -136,9 +160,11 @@ def cmd_process(args: argparse.Namespace, settings: Settings, stack: LocalStack)
         )
     if state.is_completed():
         print(state.result())
-        return 0
+        return EXIT_COMPLETED
     print(f"{state.name}: {state.message}", file=sys.stderr)
-    return 1
+    for line in _outcome_lines(state):
+        print(line, file=sys.stderr)
+    return exit_code(state)
 
 
 async def submit_scan(
@@ -189,9 +215,11 @@ def _report(settings: Settings, run: Any) -> int:
         params = run.parameters
         uri = manifest_uri(join(settings.results_root, params["patient_id"], params["scan_id"]))
         print(f"manifest: {uri}")
-        return 0
+        return EXIT_COMPLETED
     print(f"message: {state.message}")
-    return 1
+    for line in _outcome_lines(state):
+        print(line)
+    return exit_code(state)
 
 
 def cmd_submit(args: argparse.Namespace, settings: Settings, stack: LocalStack) -> int:

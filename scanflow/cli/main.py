@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import sys
+from pathlib import Path
 from types import ModuleType
 
 from cv.errors import ScanError
@@ -31,6 +32,10 @@ def point_prefect(settings: Settings) -> None:
             continue
         if key.startswith(("PREFECT_", "SCANFLOW_")) or key == "DO_NOT_TRACK":
             os.environ.setdefault(key, value)
+    # Prefect creates its home at import, without parents: on a fresh clone it warned
+    home = os.environ.get("PREFECT_HOME")
+    if home:
+        Path(home).mkdir(parents=True, exist_ok=True)
 
 
 def _handlers(group: str) -> ModuleType:

@@ -1,15 +1,21 @@
 """The platform webhook's events: the contract (``schemas/webhook-event.schema.json``), how a
 flow run's state maps to one, and the event id both delivery paths agree on.
 
-    state of the run          event              reason
-    Completed                 scan.completed     -
-    Failed, [patient's code]  scan.rejected      the code (unreadable_video, too_short, ...)
-    Failed, [our code]        scan.failed        the code (model_error, storage_error, ...)
-    Failed, no code           scan.failed        internal_error
-    TimedOut                  scan.failed        the code in the message, else stalled
-    Cancelling / Cancelled    scan.failed        internal_error (state.name says Cancelled)
-    Crashed                   scan.crashed       crashed
-    Running / Pending too long  scan.stalled     stalled
+    state of the run          event              reason                          cause
+    Completed                 scan.completed     -                               -
+    Rejected [patient's code] scan.rejected      unreadable_video, too_short...  patient
+    Failed, [our code]        scan.failed        not_found, model_error, ...     its code's
+    Failed, no code           scan.failed        internal_error                  internal
+    TimedOut                  scan.failed        the code in the message, else   its code's
+                                                 stalled
+    Cancelling / Cancelled    scan.failed        internal_error (state.name      internal
+                                                 says Cancelled)
+    Crashed                   scan.crashed       crashed                         infrastructure
+    Running / Pending too long  scan.stalled     stalled                         infrastructure
+
+Schema version 2 (was 1): ``cause`` and ``attempt`` added; ``not_found`` and
+``access_denied`` are ``scan.failed`` with cause ``integration`` (they were ``scan.rejected``:
+a missing or forbidden upload is not the patient's to fix).
 
 ``event_id`` is a UUIDv5 of the flow-run id and the outcome (``completed``, ``failed``,
 ``crashed``, ``cancelled``, ``stalled-running``, ``stalled-pending``), so the state hook,
@@ -27,9 +33,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cv.errors import Reason, reason_from_message
+from cv.errors import Cause, Reason, reason_from_message
 
-SCHEMA_VERSION: Literal["1"] = "1"
+SCHEMA_VERSION: Literal["2"] = "2"
 # Fixed namespace of scanflow's event ids (never change it: ids would change with it).
 EVENT_ID_NAMESPACE = uuid.UUID("6d0b5a3e-8f0c-5c1e-9a57-2f2d6f0c7a11")
 MAX_MESSAGE = 2000
@@ -69,7 +75,7 @@ class WebhookEvent(BaseModel):
 
     model_config = ConfigDict(extra="forbid", title="ScanflowWebhookEvent")
 
-    schema_version: Literal["1"] = SCHEMA_VERSION
+    schema_version: Literal["2"] = SCHEMA_VERSION
     event_id: uuid.UUID = Field(
         description="The same for every copy of one outcome (retries, both paths): "
         "deduplicate on it."
@@ -80,6 +86,16 @@ class WebhookEvent(BaseModel):
     patient_id: str | None = Field(description="Pseudonymous patient id.")
     flow_run_id: uuid.UUID
     reason: Reason | None = Field(description="Reason code (docs/design.md); null when completed.")
+    cause: Cause | None = Field(
+        description="Whose the failure is (patient, infrastructure, integration, model, "
+        "internal: docs/design.md); null when completed."
+    )
+    attempt: int | None = Field(
+        None,
+        ge=1,
+        description="Which attempt of the run this outcome ends: above 1 when a crashed run "
+        "was retried.",
+    )
     message: str | None = Field(description="What happened, for people.")
     guidance: str | None = Field(None, description="What the patient should do (rejected).")
     duration_s: float | None = Field(description="From the run's start to the outcome.")
@@ -186,6 +202,8 @@ def build_event(
         patient_id=params.get("patient_id"),
         flow_run_id=flow_run.id,
         reason=reason,
+        cause=reason.cause if reason is not None else None,
+        attempt=max(int(flow_run.run_count), 1) if getattr(flow_run, "run_count", None) else None,
         message=message,
         guidance=guidance if event_type is EventType.REJECTED else None,
         duration_s=round(max(duration, 0.0), 3) if duration is not None else None,

@@ -18,6 +18,7 @@ from scanflow.notify.senders import (
     run_url,
     send_platform,
     send_slack,
+    tag_cause,
 )
 from scanflow.settings import Settings
 
@@ -48,9 +49,6 @@ def send_outcome(flow: Any, flow_run: Any, state: Any) -> None:
     log = flow_run_logger(flow_run, flow)
     try:
         settings = Settings()
-        targets = resolve_targets(settings)
-        if not targets.platform_url and targets.slack_url is None:
-            return
         run = _fresh(flow_run)
         event = build_event(
             run,
@@ -62,6 +60,17 @@ def send_outcome(flow: Any, flow_run: Any, state: Any) -> None:
         )
     except Exception:  # noqa: BLE001 - a hook must not fail the run
         log.exception("notify: could not build the outcome event")
+        return
+    try:
+        tag_cause(run, event)
+    except Exception as exc:  # noqa: BLE001 - the automation path tags it too
+        log.warning("notify: could not tag the run with its cause: %s", exc)
+    try:
+        targets = resolve_targets(settings)
+    except Exception:  # noqa: BLE001 - a hook must not fail the run
+        log.exception("notify: could not resolve where outcomes go")
+        return
+    if not targets.platform_url and not targets.any_slack:
         return
     for send in (send_platform, send_slack):
         try:

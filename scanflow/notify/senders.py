@@ -144,6 +144,18 @@ class Targets:
     slack_url: SecretStr | None = field(repr=False)
     slack_events: frozenset[str]
     timeout_s: float
+    slack_by_cause: Mapping[str, SecretStr] = field(default_factory=dict, repr=False)
+    oncall_mention: str | None = None
+
+    @property
+    def any_slack(self) -> bool:
+        return self.slack_url is not None or bool(self.slack_by_cause)
+
+    def slack_url_for(self, event: WebhookEvent) -> SecretStr | None:
+        """The cause's own webhook, else the default one."""
+        if event.cause is not None and event.cause.value in self.slack_by_cause:
+            return self.slack_by_cause[event.cause.value]
+        return self.slack_url
 
 
 def _secret_block(name: str) -> SecretStr | None:
@@ -168,6 +180,8 @@ def resolve_targets(settings: Settings) -> Targets:
         slack_url=slack,
         slack_events=frozenset(settings.slack_events),
         timeout_s=settings.notify_timeout_s,
+        slack_by_cause={cause.value: url for cause, url in settings.slack_webhook_urls.items()},
+        oncall_mention=settings.slack_oncall_mention,
     )
 
 
@@ -253,19 +267,28 @@ def _duration(seconds: float | None) -> str:
     return f"{seconds / 60:.1f} min"
 
 
-def slack_message(event: WebhookEvent) -> dict[str, Any]:
-    """A Block Kit message: outcome, scan id, reason, duration, link. No patient data, no
-    images."""
+def slack_message(event: WebhookEvent, oncall_mention: str | None = None) -> dict[str, Any]:
+    """A Block Kit message: outcome, scan id, reason and cause, duration, link; the on-call
+    mention first when the cause pages (model, internal). No patient data, no images."""
     title = f"Scan {event.type.value.removeprefix('scan.')}"
     scan = event.scan_id or "?"
     reason = event.reason.value if event.reason else "-"
+    cause = event.cause.value if event.cause else "-"
     fields = [
         ("Scan", f"`{scan}`"),
-        ("Reason", f"`{reason}`"),
+        ("Reason", f"`{reason}` ({cause})"),
         ("State", event.state.name),
         ("Duration", _duration(event.duration_s)),
     ]
+    if event.attempt and event.attempt > 1:
+        fields.append(("Attempt", str(event.attempt)))
+    page = bool(oncall_mention) and event.cause is not None and event.cause.pages_on_call
     blocks: list[dict[str, Any]] = [
+        *(
+            [{"type": "section", "text": {"type": "mrkdwn", "text": f"{oncall_mention} on-call"}}]
+            if page
+            else []
+        ),
         {
             "type": "header",
             "text": {"type": "plain_text", "text": f"{_EMOJI[event.type]} {title}"},
@@ -297,7 +320,8 @@ def slack_message(event: WebhookEvent) -> dict[str, Any]:
             ],
         },
     ]
-    return {"text": f"{title}: {scan} ({reason})", "blocks": blocks}
+    text = f"{title}: {scan} ({reason})"
+    return {"text": f"{oncall_mention} {text}" if page else text, "blocks": blocks}
 
 
 def _claim_name(event: WebhookEvent) -> str:
@@ -361,17 +385,18 @@ def send_slack(
 ) -> Delivery | None:
     """Post the event to Slack once per outcome; None when not posted (not configured, not
     a Slack event type, or another path has it)."""
-    if targets.slack_url is None or event.type.value not in targets.slack_events:
+    url = targets.slack_url_for(event)
+    if url is None or event.type.value not in targets.slack_events:
         return None
     if not claim_slack(event, claim_wait_s):
         log.info("slack: %s %s is posted by the other path", event.type.value, event.event_id)
         return None
-    body = json.dumps(slack_message(event)).encode()
+    body = json.dumps(slack_message(event, targets.oncall_mention)).encode()
     try:
         with httpx.Client(timeout=targets.timeout_s) as client:
             delivery = post_with_retries(
                 client,
-                targets.slack_url.get_secret_value(),
+                url.get_secret_value(),
                 body,
                 lambda: {"Content-Type": "application/json", "User-Agent": USER_AGENT},
                 policy,
@@ -384,6 +409,25 @@ def send_slack(
     settle_slack_claim(event, sent=True)
     log.info("slack: posted %s %s (%s)", event.type.value, event.event_id, event.source)
     return delivery
+
+
+CAUSE_TAG = "cause:"
+
+
+def tag_cause(flow_run: Any, event: WebhookEvent) -> None:
+    """Tag the run with its outcome's cause (``cause:patient``, ...), so the Prefect UI
+    filters runs by it; a no-op for a completed run or one already tagged."""
+    if event.cause is None:
+        return
+    from prefect.client.orchestration import get_client
+
+    tags = list(flow_run.tags or [])
+    tag = f"{CAUSE_TAG}{event.cause.value}"
+    if tag in tags:
+        return
+    kept = [t for t in tags if not t.startswith(CAUSE_TAG)]  # a retried run's earlier cause
+    with get_client(sync_client=True) as client:
+        client.update_flow_run(flow_run.id, tags=[*kept, tag])
 
 
 def run_url(flow_run_id: object) -> str:

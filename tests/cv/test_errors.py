@@ -1,6 +1,7 @@
 """cv.errors: the reason codes (the contract in docs/design.md), which of them the patient can
-fix, the ScanError family with its ``[reason] message`` text that survives pickling, and
-finding a reason in a state message. Plain Python, no other parts needed."""
+fix, their causes (docs/design.md's table), the ScanError family with its ``[reason]
+message`` text that survives pickling, and finding a reason in a state message. Plain
+Python, no other parts needed."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 
 from cv.errors import (
     PATIENT_FIXABLE,
+    Cause,
     ProcessingError,
     Reason,
     RejectedScan,
@@ -23,8 +25,6 @@ from cv.errors import (
 DESIGN = Path(__file__).resolve().parents[2] / "docs" / "design.md"
 
 REJECTED = {
-    "not_found",
-    "access_denied",
     "too_large",
     "unreadable_video",
     "no_video_stream",
@@ -33,7 +33,15 @@ REJECTED = {
     "resolution_out_of_range",
     "too_few_usable_frames",
 }
-OURS = {"model_error", "storage_error", "internal_error", "crashed", "stalled"}
+OURS = {
+    "not_found",
+    "access_denied",
+    "model_error",
+    "storage_error",
+    "internal_error",
+    "crashed",
+    "stalled",
+}
 
 
 def test_the_reason_codes_are_the_ones_docs_design_lists_in_its_order() -> None:
@@ -48,6 +56,28 @@ def test_only_what_a_rescan_fixes_is_patient_fixable() -> None:
     assert {r.value for r in PATIENT_FIXABLE} == REJECTED
     assert {r.value for r in Reason if not r.is_patient_fixable} == OURS
     assert Reason.TOO_SHORT.is_patient_fixable and not Reason.MODEL_ERROR.is_patient_fixable
+
+
+def _cause_table() -> dict[str, set[str]]:
+    """docs/design.md's table: cause -> the reason codes it lists."""
+    rows = re.findall(r"^\| `([a-z]+)` \| (.+?) \|", DESIGN.read_text(), flags=re.MULTILINE)
+    return {cause: set(re.findall(r"`([a-z_]+)`", codes)) for cause, codes in rows}
+
+
+def test_every_reason_has_the_cause_docs_design_gives_it() -> None:
+    table = _cause_table()
+    assert set(table) == {c.value for c in Cause}
+    assert {r.value: r.cause.value for r in Reason} == {
+        code: cause for cause, codes in table.items() for code in codes
+    }
+
+
+def test_the_patients_cause_is_exactly_the_rejections_and_only_model_and_bugs_page() -> None:
+    assert {r for r in Reason if r.cause is Cause.PATIENT} == PATIENT_FIXABLE
+    assert {c for c in Cause if c.pages_on_call} == {Cause.MODEL, Cause.INTERNAL}
+    # a missing or forbidden upload is the integration's, not the patient's (schema 2)
+    assert Reason.NOT_FOUND.cause is Cause.INTEGRATION
+    assert not Reason.ACCESS_DENIED.is_patient_fixable
 
 
 @pytest.mark.parametrize("reason", list(Reason))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from cv.errors import Reason, RejectedScan, reason_from_message
+from cv.errors import ProcessingError, Reason, reason_from_message
 from cv.synthetic import SyntheticScan
 from flows.process_scan import process_scan
 from scanflow.access import check_input_uri, local_name, parse_root
@@ -84,14 +84,14 @@ def test_uris_under_a_root_are_allowed(uri: str) -> None:
     ],
 )
 def test_refused_uris_name_why(uri: str, why: str) -> None:
-    with pytest.raises(RejectedScan) as err:
+    with pytest.raises(ProcessingError) as err:
         check_input_uri(uri, P, ROOTS)
     assert err.value.reason is Reason.ACCESS_DENIED
     assert why in err.value.message, err.value.message
 
 
 def test_no_roots_allow_nothing() -> None:
-    with pytest.raises(RejectedScan, match="allowed input roots \\(none\\)"):
+    with pytest.raises(ProcessingError, match="allowed input roots \\(none\\)"):
         check_input_uri("s3://uploads/patients/pt-1/scans/x.mp4", P, [])
 
 
@@ -147,7 +147,7 @@ def test_default_roots_are_the_samples_and_uploads_folders_of_the_home(
     # `make run` (scanflow demo) submits <home>/samples/sample-scan.mp4
     check_input_uri((tmp_path / "samples" / "sample-scan.mp4").as_uri(), "demo-patient", parsed)
     for elsewhere in ("/etc/passwd", str(tmp_path / "results" / "x.mp4")):
-        with pytest.raises(RejectedScan):
+        with pytest.raises(ProcessingError):
             check_input_uri(Path(elsewhere).as_uri(), "demo-patient", parsed)
 
 

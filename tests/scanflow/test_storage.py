@@ -17,7 +17,7 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 
-from cv.errors import ProcessingError, Reason, RejectedScan
+from cv.errors import ProcessingError, Reason
 from scanflow.storage import FileStore, S3Store, _s3_error, join, store_for, to_uri
 
 # -- URIs ----------------------------------------------------------------------------------
@@ -137,13 +137,13 @@ def test_reading_what_is_not_there_is_not_found_naming_the_uri(tmp_path: Path) -
         lambda: store.size(uri),
         lambda: store.download(uri, tmp_path / "copy.mp4"),
     ):
-        with pytest.raises(RejectedScan) as err:
+        with pytest.raises(ProcessingError) as err:
             call()
         assert err.value.reason is Reason.NOT_FOUND
         assert err.value.message == f"{uri} does not exist."
     assert not store.exists(uri)
     (tmp_path / "pt-1" / "missing.mp4").mkdir(parents=True)  # a folder is not a video
-    with pytest.raises(RejectedScan):
+    with pytest.raises(ProcessingError):
         store.download(uri, tmp_path / "copy.mp4")
 
 
@@ -226,7 +226,7 @@ def test_s3_missing_objects_and_buckets_are_not_found_when_read(bucket: str) -> 
     missing_bucket = f"s3://no-such-bucket-{uuid.uuid4().hex[:8]}/patients/pt-1/x.mp4"
     for uri in (missing_key, missing_bucket):
         for call in (lambda u=uri: store.get_bytes(u), lambda u=uri: store.size(u)):
-            with pytest.raises(RejectedScan) as err:
+            with pytest.raises(ProcessingError) as err:
                 call()
             assert err.value.reason is Reason.NOT_FOUND
             assert err.value.message == f"{uri} does not exist."

@@ -53,6 +53,7 @@ class NotifyStack(Sandbox):
                 "platform_webhook_url": platform.url + "/scanflow/events",
                 "slack_webhook_url": f"{slack.url}/services/T0/B0/{SLACK_TOKEN}",
                 "slack_events": json.dumps(ALL_EVENTS),
+                "crash_retries": "0",  # a crash is the outcome these stacks check
                 **settings,
             },
         )

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from prefect.logging import disable_run_logger
 
-from cv.errors import Reason, RejectedScan
+from cv.errors import ProcessingError, Reason, RejectedScan, ScanError
 from scanflow.contracts.stages import DownloadedScan
 from tasks.download import download_scan
 
@@ -32,10 +32,15 @@ def _download(uri: str, work: Path, roots: list[str], max_bytes: int = 10**6) ->
         )
 
 
-def _refusal(uri: str, work: Path, roots: list[str], max_bytes: int = 10**6) -> RejectedScan:
-    with pytest.raises(RejectedScan) as caught:
+def _refusal(uri: str, work: Path, roots: list[str], max_bytes: int = 10**6) -> ScanError:
+    """The refusal, of the class its reason's cause gives (a rejection only for the
+    patient's: too_large; not_found and access_denied are the integration's)."""
+    with pytest.raises(ScanError) as caught:
         _download(uri, work, roots, max_bytes)
-    return caught.value
+    refused = caught.value
+    expected = RejectedScan if refused.reason.is_patient_fixable else ProcessingError
+    assert type(refused) is expected, refused
+    return refused
 
 
 @pytest.fixture

@@ -222,12 +222,24 @@ def test_submit_waits_and_reports_the_outcome(
 
     assert main([*argv, "--rerun"]) == 0
     rerun_id = capsys.readouterr().out.strip()
-    asyncio.run(_set_state(rerun_id, Failed(message="[too_short] 1.0 s is under 3 s")))
+    rejection = Failed(name="Rejected", message="[too_short] 1.0 s is under 3 s")
+    asyncio.run(_set_state(rerun_id, rejection))
     from scanflow.cli.local import _report, wait_for_run
 
-    failed = asyncio.run(wait_for_run(rerun_id, 5))
-    assert _report(Settings(), failed) == 1
-    assert capsys.readouterr().out.splitlines()[-1] == "message: [too_short] 1.0 s is under 3 s"
+    rejected = asyncio.run(wait_for_run(rerun_id, 5))
+    assert _report(Settings(), rejected) == 3  # the patient's to fix (README: exit codes)
+    assert capsys.readouterr().out.splitlines()[-2:] == [
+        "message: [too_short] 1.0 s is under 3 s",
+        "reason: too_short (cause: patient; scan.rejected)",
+    ]
+    assert main([*argv, "--rerun"]) == 0
+    failed_id = capsys.readouterr().out.strip()
+    asyncio.run(_set_state(failed_id, Failed(message="[not_found] s3://u/x.mp4 is gone")))
+    failed = asyncio.run(wait_for_run(failed_id, 5))
+    assert _report(Settings(), failed) == 1  # ours (the integration's) to fix
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "reason: not_found (cause: integration; scan.failed)"
+    )
 
 
 @pytest.mark.integration

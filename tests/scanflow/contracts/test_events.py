@@ -122,7 +122,8 @@ def test_other_state_types_are_not_outcomes(state_type: str) -> None:
         ("FAILED", "TimedOut", "[storage_error] s3 slow", (EventType.FAILED, Reason.STORAGE_ERROR)),
         ("FAILED", "TimedOut", None, (EventType.FAILED, Reason.STALLED)),
         ("FAILED", "Failed", None, (EventType.FAILED, Reason.INTERNAL_ERROR)),
-        ("FAILED", "Failed", "[not_found] gone", (EventType.REJECTED, Reason.NOT_FOUND)),
+        ("FAILED", "Failed", "[not_found] gone", (EventType.FAILED, Reason.NOT_FOUND)),
+        ("FAILED", "Rejected", "[too_short] 1 s", (EventType.REJECTED, Reason.TOO_SHORT)),
         ("FAILED", "Failed", "x [model_error] y", (EventType.FAILED, Reason.MODEL_ERROR)),
         ("FAILED", "Failed", "[no_such_code] x", (EventType.FAILED, Reason.INTERNAL_ERROR)),
         # a code in the message of a crash, a cancellation or a success changes nothing

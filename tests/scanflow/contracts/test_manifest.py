@@ -13,7 +13,7 @@ from typing import NamedTuple
 import pytest
 from pydantic import ValidationError
 
-from cv.errors import Reason, RejectedScan
+from cv.errors import ProcessingError, Reason
 from cv.quality.analysis import ScanQuality
 from scanflow.contracts.manifest import (
     MANIFEST_NAME,
@@ -196,7 +196,7 @@ def test_a_manifest_of_schema_1_0_still_reads(tmp_path: Path) -> None:
 
 def test_reading_a_missing_manifest_is_not_found(tmp_path: Path) -> None:
     uri = manifest_uri((tmp_path / "pt-1" / "never-completed").as_uri())
-    with pytest.raises(RejectedScan) as err:
+    with pytest.raises(ProcessingError) as err:
         read_manifest(uri)
     assert err.value.reason is Reason.NOT_FOUND and uri in err.value.message
 

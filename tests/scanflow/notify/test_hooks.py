@@ -101,6 +101,7 @@ def test_a_rejected_scan_carries_the_code_message_and_guidance(
     [got] = platform.wait_for(_for("hooks-short"), timeout=10)
     event = got.json
     assert (event["type"], event["reason"]) == ("scan.rejected", "too_short")
+    assert (event["cause"], event["attempt"], event["schema_version"]) == ("patient", 1, "2")
     assert event["message"] == "1.2 s of video"
     assert event["guidance"] == "Scan for at least 3 s."
     assert event["links"]["manifest"] is None

@@ -20,6 +20,7 @@ from scanflow.notify.senders import (
     RetryPolicy,
     Targets,
     post_with_retries,
+    resolve_targets,
     send_platform,
     slack_message,
 )
@@ -144,7 +145,7 @@ def test_send_platform_signs_the_exact_body_it_sends() -> None:
     verify_signature("s3cret", got.headers[HEADER], got.body)
     assert got.json["event_id"] == str(event.event_id)
     assert got.headers["X-Scanflow-Event-Id"] == str(event.event_id)
-    assert got.headers["X-Scanflow-Event-Type"] == "scan.rejected"
+    assert got.headers["X-Scanflow-Event-Type"] == "scan.failed"
 
 
 def test_send_platform_refuses_to_send_unsigned() -> None:
@@ -165,7 +166,7 @@ def test_the_slack_message_has_no_patient_data_and_no_images() -> None:
     run = scan_run()
     event = scan_event(
         Failed(
-            message="RejectedScan: [not_found] s3://uploads/patients/pt-4417/scans/scan-7.mp4 "
+            message="ProcessingError: [not_found] s3://uploads/patients/pt-4417/scans/scan-7.mp4 "
             "does not exist (/var/scans/pt-4417/scan-7.mp4, patient pt-4417)"
         ),
         run=run,
@@ -176,10 +177,60 @@ def test_the_slack_message_has_no_patient_data_and_no_images() -> None:
     assert "image" not in text  # no image blocks, no image_url anywhere
     assert "scan-7" in text and "not_found" in text and "Duration" in text
     assert f"/runs/flow-run/{run.id}" in text
-    assert message["text"] == "Scan rejected: scan-7 (not_found)"
+    assert message["text"] == "Scan failed: scan-7 (not_found)"
     assert {b["type"] for b in message["blocks"]} <= {
         "header",
         "section",
         "actions",
         "context",
     }
+
+
+# -- Slack routing by cause ------------------------------------------------------------------
+
+
+def test_only_model_and_internal_failures_carry_the_on_call_mention() -> None:
+    mention = "<!subteam^S0ONCALL>"
+    for message, pages in [
+        ("[model_error] the weights do not load", True),
+        ("a bug with no code", True),  # internal_error
+        ("[storage_error] S3 answered 503", False),  # infrastructure: retried, then the channel
+        ("[not_found] gone", False),  # integration
+    ]:
+        posted = slack_message(scan_event(Failed(message=message)), mention)
+        text = json.dumps(posted)
+        assert (mention in text) is pages, message
+        assert posted["text"].startswith(mention) is pages, message
+    rejected = scan_event(Failed(name="Rejected", message="[too_short] 1 s"))
+    assert rejected.cause is not None and rejected.cause.value == "patient"
+    assert mention not in json.dumps(slack_message(rejected, mention))  # never pages
+    assert mention not in json.dumps(slack_message(scan_event(Failed(message="x")), None))
+
+
+def test_each_cause_goes_to_its_own_webhook_else_the_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from scanflow.settings import Settings
+
+    monkeypatch.setenv("SCANFLOW_SLACK_WEBHOOK_URL", "https://hooks.example/default")
+    monkeypatch.setenv(
+        "SCANFLOW_SLACK_WEBHOOK_URLS",
+        json.dumps(
+            {"model": "https://hooks.example/model", "internal": "https://hooks.example/bug"}
+        ),
+    )
+    monkeypatch.setenv("SCANFLOW_SLACK_ONCALL_MENTION", "<!here>")
+    targets = resolve_targets(Settings())
+    assert targets.oncall_mention == "<!here>" and targets.any_slack
+
+    def url(message: str) -> str | None:
+        found = targets.slack_url_for(scan_event(Failed(message=message)))
+        return found.get_secret_value() if found else None
+
+    assert url("[model_error] no weights") == "https://hooks.example/model"
+    assert url("no code at all") == "https://hooks.example/bug"
+    assert url("[storage_error] 503") == "https://hooks.example/default"
+    assert "hooks.example/model" not in repr(targets)  # secrets stay hidden
+    monkeypatch.setenv("SCANFLOW_SLACK_WEBHOOK_URLS", json.dumps({"weather": "https://x"}))
+    with pytest.raises(ValueError, match="weather"):
+        Settings()  # an unknown cause is refused, not silently ignored

@@ -548,6 +548,8 @@ def test_killed_worker_runs_are_crashed_reported_and_retried(world: World, name:
     assert names.index("AwaitingRetry") > names.index("Crashed")
     done = case.stack.last_state_at(case.run_id, "COMPLETED")
     again = delivered(world, case, "scan.completed", "completed")
+    assert {r.json["attempt"] for r in again} == {2}  # the event says it was retried
+    assert {r.json["cause"] for r in got} == {"infrastructure"}
     FAULT_FIGURES.append(
         FaultFigure(
             f"  ... retried on the new worker ({name[-1]})",

@@ -318,6 +318,8 @@ def test_rejected_scan(world: World) -> None:
         label="Failed state -> platform",
     )
     assert {r.json["reason"] for r in got} == {"unreadable_video"}
+    assert {r.json["cause"] for r in got} == {"patient"}  # both paths agree
+    assert {r.json["state"]["name"] for r in got} == {"Rejected"}
     assert all("readable" in r.json["message"] for r in got)
 
 
