@@ -215,10 +215,10 @@ class S3Store:
     def exists(self, uri: str) -> bool:
         try:
             self.size(uri)
-        except ProcessingError:
-            raise
-        except Exception:  # noqa: BLE001 - not_found / access_denied both mean "not there"
-            return False
+        except ScanError as exc:  # not_found / access_denied both mean "not there"
+            if exc.reason in (Reason.NOT_FOUND, Reason.ACCESS_DENIED):
+                return False
+            raise  # S3 down is not "absent"
         return True
 
     def list_dirs(self, uri: str) -> list[str]:
