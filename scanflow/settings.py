@@ -145,6 +145,24 @@ class Settings(BaseSettings):
         description="No heartbeat nor state change for this long marks a run Crashed "
         "(heartbeats every 30 s, prefect.yaml).",
     )
+    # -- the reconciler (flows/reconcile.py) ----------------------------------------------
+    uploads_uri: str | None = Field(
+        None,
+        description="The upload bucket (s3://bucket[/prefix]) the reconciler lists; unset: it "
+        "checks runs and their outcomes only.",
+    )
+    reconcile_lookback_s: float = Field(
+        86400, gt=0, description="A pass's window, back from its end (--since overrides)."
+    )
+    reconcile_settle_s: float = Field(
+        300,
+        ge=0,
+        description="What is younger than this is left to the trigger, the hooks and the "
+        "automations: the window ends this long ago.",
+    )
+    reconcile_max_actions: int = Field(
+        500, ge=0, description="Writes (runs created, events sent) a pass makes at most."
+    )
     crash_retries: int = Field(
         1,
         ge=0,

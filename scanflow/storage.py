@@ -15,6 +15,7 @@ import functools
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import unquote, urlparse
@@ -240,6 +241,31 @@ class S3Store:
     def size(self, uri: str) -> int:
         bucket, key = self.split(uri)
         return int(self._call(uri, "head_object", Bucket=bucket, Key=key)["ContentLength"])
+
+    def list_objects(self, uri: str) -> Iterator[dict[str, Any]]:
+        """Every object under ``uri`` (a bucket or a prefix), a page of 1000 at a time: its
+        latest version's entry in a versioned bucket (with VersionId), else ListObjectsV2's
+        (Key, ETag, LastModified, Size)."""
+        bucket, prefix = self.split(uri)
+        status = self._call(uri, "get_bucket_versioning", Bucket=bucket).get("Status")
+        versioned = status in ("Enabled", "Suspended")
+        fn = "list_object_versions" if versioned else "list_objects_v2"
+        token: dict[str, str] = {}
+        while True:
+            page = self._call(uri, fn, Bucket=bucket, Prefix=prefix, **token)
+            if versioned:
+                yield from (v for v in page.get("Versions", []) if v.get("IsLatest"))
+            else:
+                yield from page.get("Contents", [])
+            if not page.get("IsTruncated"):
+                return
+            if versioned:
+                token = {
+                    "KeyMarker": page["NextKeyMarker"],
+                    "VersionIdMarker": page["NextVersionIdMarker"],
+                }
+            else:
+                token = {"ContinuationToken": page["NextContinuationToken"]}
 
 
 _NOT_FOUND = frozenset({"NoSuchKey", "404", "NotFound", "NoSuchBucket"})

@@ -167,6 +167,27 @@ def cmd_process(args: argparse.Namespace, settings: Settings, stack: LocalStack)
     return exit_code(state)
 
 
+def cmd_reconcile(args: argparse.Namespace, settings: Settings, stack: LocalStack) -> int:
+    """One pass of the reconcile flow, here and now; exit 1 when gaps are left unhealed."""
+    from flows.reconcile import reconcile
+
+    if is_local_api(settings):
+        stack.start_server()
+    no_heartbeats = temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
+    with tags("scanflow", "cli"), no_heartbeats:
+        ledger = reconcile(since=args.since, until=args.until, dry_run=args.dry_run)
+    if args.json:
+        print(json.dumps(ledger, indent=1))
+    else:
+        print(f"window:  {ledger['window']['since']} .. {ledger['window']['until']}")
+        print(f"uploads: {ledger['uploads']}   runs: {ledger['runs']} {ledger['runs_by_state']}")
+        for kind, n in ledger["gaps_by_kind"].items():
+            print(f"gap {kind}: {n['found']} found, {n['healed']} healed")
+        print(f"report:  {ledger['report']}")
+    left = ledger["gaps_found"] - ledger["gaps_healed"]  # a dry run heals nothing
+    return 1 if left else 0
+
+
 async def submit_scan(
     settings: Settings,
     *,

@@ -6,6 +6,8 @@ each command names its handler as ``group`` and ``command``."""
 from __future__ import annotations
 
 import argparse
+import re
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from deployments.work_pools import POOLS
@@ -22,6 +24,7 @@ Turns patients' home video scans of their teeth into insights for their orthodon
     scanflow process VIDEO_OR_URI [--patient-id P] [--scan-id S] [--options JSON]
     scanflow submit  VIDEO_OR_URI [--patient-id P] [--scan-id S] [--wait] [--rerun]
     scanflow sample  PATH [--seconds N] [--width W --height H]
+    scanflow reconcile [--since T] [--until T] [--dry-run] [--json]
     scanflow model dataset|train|publish|promote|list ...
     scanflow pools apply [NAME] [--replace-template] [--credential-secret-arn ARN]
     scanflow pools templates
@@ -52,6 +55,24 @@ def _command(sub: Subparsers, group: str, name: str, help: str) -> argparse.Argu
     return parser
 
 
+_AGO = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+
+
+def when(text: str) -> datetime:
+    """A point in time: ISO 8601 (UTC unless it says), or a duration ago (90s, 30m, 2h, 7d)."""
+    ago = _AGO.match(text.strip())
+    if ago:
+        seconds = float(ago[1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[ago[2]]
+        return datetime.now(UTC) - timedelta(seconds=seconds)
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither an ISO time nor a duration ago (90s, 30m, 2h, 7d)"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 def _local(sub: Subparsers) -> None:
     _command(sub, "local", "up", help="start the local server, pool, deployment and worker")
     _command(sub, "local", "down", help="stop the local worker and server")
@@ -75,6 +96,13 @@ def _local(sub: Subparsers) -> None:
             c.add_argument("--wait", action="store_true", help="wait and print the outcome")
             c.add_argument("--rerun", action="store_true", help="a new run even if submitted")
             c.add_argument("--timeout", type=float, default=600)
+    r = _command(
+        sub, "local", "reconcile", help="one reconcile pass: uploads, runs, outcomes, healed"
+    )
+    r.add_argument("--since", type=when, default=None, help="window start: ISO time or 2h, 30m")
+    r.add_argument("--until", type=when, default=None, help="window end (default: settled now)")
+    r.add_argument("--dry-run", action="store_true", help="find the gaps, heal nothing")
+    r.add_argument("--json", action="store_true", help="print the ledger as JSON")
     s = _command(sub, "local", "sample", help="write a synthetic scan video")
     s.add_argument("path")
     s.add_argument("--seconds", type=float, default=20.0)

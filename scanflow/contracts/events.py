@@ -41,7 +41,7 @@ EVENT_ID_NAMESPACE = uuid.UUID("6d0b5a3e-8f0c-5c1e-9a57-2f2d6f0c7a11")
 MAX_MESSAGE = 2000
 
 StallPhase = Literal["running", "pending"]
-Source = Literal["hook", "automation"]
+Source = Literal["hook", "automation", "reconciler"]
 
 
 class EventType(enum.StrEnum):
@@ -102,8 +102,8 @@ class WebhookEvent(BaseModel):
     state: RunState
     links: Links
     source: Source = Field(
-        description="Which path sent this copy: the flow's state hook or the server's "
-        "automation (notify-outcome)."
+        description="Which path sent this copy: the flow's state hook, the server's "
+        "automation (notify-outcome), or the reconciler (an outcome never acknowledged)."
     )
 
 

@@ -29,6 +29,7 @@ from pydantic import SecretStr
 
 from scanflow.contracts.events import EventType, WebhookEvent
 from scanflow.contracts.manifest import manifest_uri
+from scanflow.notify.receipts import record_receipt
 from scanflow.notify.signing import HEADER, sign
 from scanflow.settings import Settings
 from scanflow.storage import join
@@ -146,6 +147,7 @@ class Targets:
     timeout_s: float
     slack_by_cause: Mapping[str, SecretStr] = field(default_factory=dict, repr=False)
     oncall_mention: str | None = None
+    receipts_root: str | None = None  # where the platform's acknowledgements are kept
 
     @property
     def any_slack(self) -> bool:
@@ -182,6 +184,7 @@ def resolve_targets(settings: Settings) -> Targets:
         timeout_s=settings.notify_timeout_s,
         slack_by_cause={cause.value: url for cause, url in settings.slack_webhook_urls.items()},
         oncall_mention=settings.slack_oncall_mention,
+        receipts_root=settings.results_root,
     )
 
 
@@ -233,6 +236,11 @@ def send_platform(
         delivery.seconds,
         delivery.attempts,
     )
+    if targets.receipts_root:
+        try:
+            record_receipt(targets.receipts_root, event, delivery.status)
+        except Exception as exc:  # noqa: BLE001 - delivered: the reconciler re-sends at worst
+            log.warning("%s: no receipt kept for %s: %s", label, event.event_id, exc)
     return delivery
 
 

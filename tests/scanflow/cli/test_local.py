@@ -27,6 +27,7 @@ from scanflow.cli.local import (
 from scanflow.cli.main import main
 from scanflow.contracts.options import ID_PATTERN
 from scanflow.settings import Settings
+from tests.support.deployments import unserved_deployment
 
 
 @pytest.mark.parametrize(
@@ -128,44 +129,12 @@ def test_a_bad_sample_size_is_one_line_not_a_traceback(
 # -- submit, against the session's server ----------------------------------------------------
 
 
-async def _make_deployment(tag: str) -> None:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import WorkPoolCreate
-
-    async with get_client() as client:
-        await client.create_work_pool(WorkPoolCreate(name=tag, type="process"))
-        flow_id = await client.create_flow_from_name("process-scan")
-        await client.create_deployment(
-            flow_id=flow_id,
-            name=tag,
-            entrypoint="flows/process_scan.py:process_scan",
-            work_pool_name=tag,
-        )
-
-
-async def _remove_deployment(tag: str) -> None:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
-
-    async with get_client() as client:
-        deployment = await client.read_deployment_by_name(f"process-scan/{tag}")
-        runs = await client.read_flow_runs(
-            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id]))
-        )
-        for run in runs:
-            await client.delete_flow_run(run.id)
-        await client.delete_deployment(deployment.id)
-        await client.delete_work_pool(tag)
-
-
 @pytest.fixture
 def deployment(prefect_server: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A process-scan deployment no worker serves, named by SCANFLOW_DEPLOYMENT."""
-    tag = "cli-local-" + uuid.uuid4().hex[:8]
-    asyncio.run(_make_deployment(tag))
-    monkeypatch.setenv("SCANFLOW_DEPLOYMENT", f"process-scan/{tag}")
-    yield f"process-scan/{tag}"
-    asyncio.run(_remove_deployment(tag))
+    with unserved_deployment("cli-local") as name:
+        monkeypatch.setenv("SCANFLOW_DEPLOYMENT", name)
+        yield name
 
 
 async def _set_state(run_id: str, state: Any) -> None:
