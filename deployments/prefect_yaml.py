@@ -35,5 +35,5 @@ def required_env(name: str, repo: Path = REPO_ROOT) -> list[str]:
 
 def flow_name(deployment: dict[str, Any]) -> str:
     """The flow a deployment runs, from its entrypoint (without importing it)."""
-    entry = str(deployment["entrypoint"])
-    return "notify-outcome" if "notify_outcome" in entry else "process-scan"
+    entry = str(deployment["entrypoint"])  # flows/x.py:fn or flows.x.fn
+    return entry.rsplit(":", 1)[-1].rsplit(".", 1)[-1].replace("_", "-")  # scanflow's names

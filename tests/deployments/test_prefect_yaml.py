@@ -26,6 +26,9 @@ def test_the_repository_declares_its_deployments_by_name() -> None:
         "notify",
         "notify-cloud",
         "notify-ecs",
+        "reconcile",
+        "reconcile-cloud",
+        "reconcile-ecs",
     ]
     assert declared["ecs-gpu"]["work_pool"]["name"] == "scanflow-gpu"
     assert deployment_config("notify")["work_pool"]["name"] == "notify"
@@ -36,7 +39,10 @@ def test_an_unknown_deployment_is_refused_naming_the_ones_there_are() -> None:
         deployment_config("ecs-tpu")
     message = str(err.value)
     assert "'ecs-tpu'" in message
-    assert "['ecs-cpu', 'ecs-gpu', 'local', 'notify', 'notify-cloud', 'notify-ecs']" in message
+    assert (
+        "['ecs-cpu', 'ecs-gpu', 'local', 'notify', 'notify-cloud', 'notify-ecs', 'reconcile',"
+        in (message)
+    )
 
 
 def test_required_env_lists_each_placeholder_once_sorted() -> None:
@@ -63,6 +69,22 @@ def test_required_env_lists_each_placeholder_once_sorted() -> None:
         "SCANFLOW_RESULTS_URI",
     ]
     assert required_env("local") == [] and required_env("notify-ecs") == []
+    # the reconciler lists the uploads with the CPU task role's rights
+    assert required_env("reconcile-cloud") == [
+        "SCANFLOW_CPU_TASK_ROLE_ARN",
+        "SCANFLOW_IMAGE",
+        "SCANFLOW_PLATFORM_WEBHOOK_URL",
+        "SCANFLOW_RESULTS_URI",
+        "SCANFLOW_UPLOADS_URI",
+    ]
+
+
+def test_every_reconcile_deployment_runs_every_15_minutes_one_pass_at_a_time() -> None:
+    for name in ("reconcile", "reconcile-cloud", "reconcile-ecs"):
+        config = deployment_config(name)
+        assert config["schedules"] == [{"interval": 900}], name
+        assert config["concurrency_limit"] == {"limit": 1, "collision_strategy": "CANCEL_NEW"}
+        assert config["work_pool"]["name"] in ("notify", "scanflow-notify-push", "scanflow-notify")
 
 
 def test_flow_name_comes_from_the_entrypoint_in_either_form() -> None:
@@ -74,6 +96,9 @@ def test_flow_name_comes_from_the_entrypoint_in_either_form() -> None:
         "ecs-gpu": "process-scan",
         "notify-cloud": "notify-outcome",
         "notify-ecs": "notify-outcome",
+        "reconcile": "reconcile",
+        "reconcile-cloud": "reconcile",
+        "reconcile-ecs": "reconcile",
     }
     assert flow_name({"entrypoint": "flows/notify_outcome.py:notify_outcome"}) == "notify-outcome"
     assert flow_name({"entrypoint": "flows.process_scan.process_scan"}) == "process-scan"
@@ -119,3 +144,55 @@ def test_a_prefect_yaml_without_deployments_has_none(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match=r"it has \[\]"):
         required_env("local", repo)
     assert deployments(_repo(tmp_path, "name: empty\n")) == {}
+
+
+@pytest.mark.integration
+def test_the_reconcile_deployment_reaches_the_server_with_its_schedule_and_limit(
+    prefect_server: str,
+) -> None:
+    """`prefect deploy --name reconcile`, as an operator runs it, on the session's server."""
+    import asyncio
+    import contextlib
+    import os
+    import subprocess
+    import sys
+    from datetime import timedelta
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists
+
+    from scanflow.settings import REPO_ROOT
+
+    async def notify_pool() -> None:
+        async with get_client() as client:
+            with contextlib.suppress(ObjectAlreadyExists):  # the local stack's, if it is up
+                await client.create_work_pool(WorkPoolCreate(name="notify", type="process"))
+
+    asyncio.run(notify_pool())
+    done = subprocess.run(
+        [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--name", "reconcile"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=os.environ.copy(),
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    async def check() -> None:
+        async with get_client() as client:
+            deployment = await client.read_deployment_by_name("reconcile/reconcile")
+            try:
+                [schedule] = deployment.schedules
+                assert schedule.active
+                assert getattr(schedule.schedule, "interval", None) == timedelta(seconds=900)
+                assert deployment.global_concurrency_limit is not None
+                assert deployment.global_concurrency_limit.limit == 1
+                assert deployment.concurrency_options is not None
+                assert deployment.concurrency_options.collision_strategy.value == "CANCEL_NEW"
+                assert deployment.work_pool_name == "notify"
+            finally:  # its schedule must not fire during the test session
+                await client.delete_deployment(deployment.id)
+
+    asyncio.run(check())
