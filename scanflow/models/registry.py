@@ -220,7 +220,7 @@ def choose_model(pinned: ModelRef) -> tuple[ModelRef, str]:
     promoted = production_model()
     if promoted is not None:
         return promoted, f"production (Prefect Variable {PRODUCTION_VARIABLE})"
-    return DEFAULT_PACKAGE, "the default shipped in models/ (nothing promoted)"
+    return DEFAULT_PACKAGE, "the default shipped in scanflow/models/packages/ (nothing promoted)"
 
 
 # -- the registry: publish and list ---------------------------------------------------------
