@@ -63,23 +63,30 @@ async def _runs(box: Sandbox, bucket: str, etag: str, n: int, gaps: int, results
             entrypoint="flows/process_scan.py:process_scan",
             work_pool_name=POOL,
         )
-        limit = asyncio.Semaphore(8)
+        limit = asyncio.Semaphore(4)
 
         async def one(i: int) -> None:
             key = _key(i)
             scan, patient = key.rsplit("/", 1)[1][:-4], key.split("/")[1]
             done = i % 2 == 0
             async with limit:
-                run = await client.create_flow_run_from_deployment(
-                    deployment_id,
-                    parameters={
-                        "scan_id": scan,
-                        "patient_id": patient,
-                        "video_uri": f"s3://{bucket}/{key}",
-                    },
-                    idempotency_key=f"{bucket}/{key}@{etag}",
-                    state=Completed() if done else None,
-                )
+                for attempt in range(5):  # SQLite answers 503 when writes collide
+                    try:
+                        run = await client.create_flow_run_from_deployment(
+                            deployment_id,
+                            parameters={
+                                "scan_id": scan,
+                                "patient_id": patient,
+                                "video_uri": f"s3://{bucket}/{key}",
+                            },
+                            idempotency_key=f"{bucket}/{key}@{etag}",
+                            state=Completed() if done else None,
+                        )
+                        break
+                    except Exception:
+                        if attempt == 4:
+                            raise
+                        await asyncio.sleep(2.0 * (attempt + 1))
             if not done:
                 return
             folder = results / patient / scan

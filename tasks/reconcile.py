@@ -100,6 +100,16 @@ def read_runs(flow_name: str, since: datetime) -> list[Any]:
     return list(runs.values())
 
 
+def read_window(flow_name: str, since: datetime) -> list[Any]:
+    """Every run of ``flow_name`` expected to start since ``since``."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterExpectedStartTime
+
+    return _all_runs(
+        flow_name,
+        FlowRunFilter(expected_start_time=FlowRunFilterExpectedStartTime(after_=since)),
+    )
+
+
 def _all_runs(flow_name: str, flow_run_filter: Any) -> list[Any]:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowFilter, FlowFilterName

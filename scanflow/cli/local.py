@@ -188,6 +188,21 @@ def cmd_reconcile(args: argparse.Namespace, settings: Settings, stack: LocalStac
     return 1 if left else 0
 
 
+def cmd_ops_report(args: argparse.Namespace, settings: Settings, stack: LocalStack) -> int:
+    """The operations report, here and now."""
+    from flows.ops_report import digest_text, ops_report
+
+    if is_local_api(settings):
+        stack.start_server()
+    no_heartbeats = temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
+    with tags("scanflow", "cli"), no_heartbeats:
+        report = ops_report(since=args.since, until=args.until)
+    print(json.dumps(report, indent=1) if args.json else digest_text(report).replace("*", ""))
+    if not args.json:
+        print(f"report: {report['report']}")
+    return 0
+
+
 async def submit_scan(
     settings: Settings,
     *,

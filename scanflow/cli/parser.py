@@ -25,6 +25,7 @@ Turns patients' home video scans of their teeth into insights for their orthodon
     scanflow submit  VIDEO_OR_URI [--patient-id P] [--scan-id S] [--wait] [--rerun]
     scanflow sample  PATH [--seconds N] [--width W --height H]
     scanflow reconcile [--since T] [--until T] [--dry-run] [--json]
+    scanflow ops-report [--since T] [--until T] [--json]
     scanflow model dataset|train|publish|promote|list ...
     scanflow pools apply [NAME] [--replace-template] [--credential-secret-arn ARN]
     scanflow pools templates
@@ -51,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _command(sub: Subparsers, group: str, name: str, help: str) -> argparse.ArgumentParser:  # noqa: A002
     parser = sub.add_parser(name, help=help)
-    parser.set_defaults(group=group, handler=name)
+    parser.set_defaults(group=group, handler=name.replace("-", "_"))
     return parser
 
 
@@ -103,6 +104,10 @@ def _local(sub: Subparsers) -> None:
     r.add_argument("--until", type=when, default=None, help="window end (default: settled now)")
     r.add_argument("--dry-run", action="store_true", help="find the gaps, heal nothing")
     r.add_argument("--json", action="store_true", help="print the ledger as JSON")
+    o = _command(sub, "local", "ops-report", help="a day of scans: outcomes, causes, latencies")
+    o.add_argument("--since", type=when, default=None, help="default: 24 h before --until")
+    o.add_argument("--until", type=when, default=None, help="default: now")
+    o.add_argument("--json", action="store_true", help="print the report as JSON")
     s = _command(sub, "local", "sample", help="write a synthetic scan video")
     s.add_argument("path")
     s.add_argument("--seconds", type=float, default=20.0)

@@ -40,6 +40,8 @@ def test_every_command_names_a_handler_that_exists_in_its_group() -> None:
             "process",
             "submit",
             "sample",
+            "reconcile",
+            "ops-report",
             "model",
             "pools",
             "deploy",
@@ -50,7 +52,7 @@ def test_every_command_names_a_handler_that_exists_in_its_group() -> None:
     )
     for name, sub in commands.items():
         group, handler = sub.get_default("group"), sub.get_default("handler")
-        assert handler == name
+        assert handler == name.replace("-", "_")
         module = importlib.import_module(GROUPS[group])
         assert callable(getattr(module, f"cmd_{handler}", None)), f"{module.__name__}.cmd_{name}"
 
@@ -125,6 +127,8 @@ def test_every_command_in_the_description_is_a_command() -> None:
             {"model_command": "promote", "uri": "s3://r/m.zip", "sha256": "ab"},
         ),
         ("model list --json", "models", {"model_command": "list", "json": True}),
+        ("reconcile --dry-run --json", "local", {"dry_run": True, "json": True, "since": None}),
+        ("ops-report --json", "local", {"json": True, "until": None}),
         ("pools templates", "production", {"action": "templates", "name": None}),
         (
             "pools apply scanflow-gpu --replace-template --credential-secret-arn arn:x",
@@ -152,7 +156,7 @@ def test_a_documented_command_line_parses(
 ) -> None:
     args = _parse(line)
     assert args.group == group
-    assert args.command == line.split()[0] == args.handler
+    assert args.command == line.split()[0] == args.handler.replace("_", "-")
     assert {k: getattr(args, k) for k in expected} == expected
 
 
@@ -205,3 +209,20 @@ def test_help_prints_the_description_and_each_commands_options(
     with pytest.raises(SystemExit):
         _parse("pools --help")
     assert "--credential-secret-arn" in capsys.readouterr().out
+
+
+def test_a_point_in_time_is_iso_or_a_duration_ago() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from scanflow.cli.parser import when
+
+    assert when("2026-11-30T08:00") == datetime(2026, 11, 30, 8, 0, tzinfo=UTC)
+    assert when("2026-11-30T08:00+01:00").utcoffset() == timedelta(hours=1)
+    ago = when("2h")
+    assert timedelta(hours=2) <= datetime.now(UTC) - ago < timedelta(hours=2, seconds=5)
+    ago = when("90s")
+    assert datetime.now(UTC) - ago >= timedelta(seconds=90)
+    with pytest.raises(argparse.ArgumentTypeError, match="neither an ISO time"):
+        when("yesterday")
+    args = _parse("reconcile --since 30m")
+    assert timedelta(minutes=30) <= datetime.now(UTC) - args.since < timedelta(minutes=31)
