@@ -26,6 +26,9 @@ def test_the_repository_declares_its_deployments_by_name() -> None:
         "notify",
         "notify-cloud",
         "notify-ecs",
+        "ops-report",
+        "ops-report-cloud",
+        "ops-report-ecs",
         "reconcile",
         "reconcile-cloud",
         "reconcile-ecs",
@@ -39,10 +42,8 @@ def test_an_unknown_deployment_is_refused_naming_the_ones_there_are() -> None:
         deployment_config("ecs-tpu")
     message = str(err.value)
     assert "'ecs-tpu'" in message
-    assert (
-        "['ecs-cpu', 'ecs-gpu', 'local', 'notify', 'notify-cloud', 'notify-ecs', 'reconcile',"
-        in (message)
-    )
+    assert f"it has {sorted(deployments())}." in message
+    assert "'ecs-cpu', 'ecs-gpu', 'local'" in message
 
 
 def test_required_env_lists_each_placeholder_once_sorted() -> None:
@@ -79,6 +80,11 @@ def test_required_env_lists_each_placeholder_once_sorted() -> None:
     ]
 
 
+def test_the_ops_report_runs_every_morning() -> None:
+    for name in ("ops-report", "ops-report-cloud", "ops-report-ecs"):
+        assert deployment_config(name)["schedules"] == [{"cron": "0 7 * * *", "timezone": "UTC"}]
+
+
 def test_every_reconcile_deployment_runs_every_15_minutes_one_pass_at_a_time() -> None:
     for name in ("reconcile", "reconcile-cloud", "reconcile-ecs"):
         config = deployment_config(name)
@@ -99,6 +105,9 @@ def test_flow_name_comes_from_the_entrypoint_in_either_form() -> None:
         "reconcile": "reconcile",
         "reconcile-cloud": "reconcile",
         "reconcile-ecs": "reconcile",
+        "ops-report": "ops-report",
+        "ops-report-cloud": "ops-report",
+        "ops-report-ecs": "ops-report",
     }
     assert flow_name({"entrypoint": "flows/notify_outcome.py:notify_outcome"}) == "notify-outcome"
     assert flow_name({"entrypoint": "flows.process_scan.process_scan"}) == "process-scan"
