@@ -1,7 +1,8 @@
 """scanflow's Prefect automations, as code: the guaranteed path of outcome notifications.
 
     prefect.flow-run.Completed                 ─┐
-    prefect.flow-run.Failed / TimedOut          │ reactive, each ─▶ run notify-outcome/notify
+    prefect.flow-run.Failed / TimedOut /        │ reactive, each ─▶ run notify-outcome/notify
+      Rejected (a Failed state of that name)    │
     prefect.flow-run.Crashed                    │   (flow_run_id, trigger="final", state_id)
     prefect.flow-run.Cancelled                 ─┘
     Running, no final state within stall_after_s     proactive ─▶ notify-outcome (stalled-running)
@@ -32,6 +33,7 @@ from prefect.events.actions import ChangeFlowRunState, RunDeployment
 from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
 from prefect.exceptions import ObjectNotFound
 
+from scanflow.contracts.events import REJECTED_STATE
 from scanflow.settings import Settings
 
 OWNER_TAG = "scanflow-managed"
@@ -44,6 +46,7 @@ _LEAVES_RUNNING = [
     "Completed",
     "Cached",
     "Failed",
+    REJECTED_STATE,
     "TimedOut",
     "Crashed",
     "Cancelling",
@@ -134,7 +137,7 @@ def desired_automations(settings: Settings, notify_deployment_id: UUID) -> list[
         _automation(
             "scan failed",
             "Tell the platform and on-call a scan failed or was rejected (notify-outcome).",
-            _on("Failed", "TimedOut"),
+            _on("Failed", REJECTED_STATE, "TimedOut"),
             notify("final"),
         ),
         _automation(

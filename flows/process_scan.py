@@ -29,6 +29,7 @@ from prefect.utilities.annotations import quote
 from pydantic import Field
 
 from cv.errors import RejectedScan, ScanError
+from scanflow.contracts.events import REJECTED_STATE
 from scanflow.contracts.manifest import Manifest
 from scanflow.contracts.options import ID_PATTERN, ScanOptions
 from scanflow.contracts.stages import ModelInfo
@@ -45,7 +46,6 @@ from tasks.tracking import compute_tracking
 
 ScanId = Annotated[str, Field(pattern=ID_PATTERN, description="The scan's id.")]
 PatientId = Annotated[str, Field(pattern=ID_PATTERN, description="Pseudonymous patient id.")]
-REJECTED = "Rejected"  # the final state's name for a scan the patient should redo
 
 quiet_rejections()  # a rejection's traceback is not logged by Prefect's engines
 
@@ -161,7 +161,7 @@ def process_scan(
             return publish_manifest(manifest, scan_uri)
         except RejectedScan as exc:
             _report_failure(scan_id, exc)
-            return Failed(name=REJECTED, message=str(exc), data=exc)
+            return Failed(name=REJECTED_STATE, message=str(exc), data=exc)
         except ScanError as exc:
             _report_failure(scan_id, exc)
             raise

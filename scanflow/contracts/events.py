@@ -36,6 +36,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from cv.errors import Cause, Reason, reason_from_message
 
 SCHEMA_VERSION: Literal["2"] = "2"
+# The name of the Failed state a rejected scan ends in: the UI and automations tell it apart
+# (its event is prefect.flow-run.Rejected, not prefect.flow-run.Failed).
+REJECTED_STATE = "Rejected"
 # Fixed namespace of scanflow's event ids (never change it: ids would change with it).
 EVENT_ID_NAMESPACE = uuid.UUID("6d0b5a3e-8f0c-5c1e-9a57-2f2d6f0c7a11")
 MAX_MESSAGE = 2000

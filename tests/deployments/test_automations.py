@@ -65,7 +65,11 @@ def test_final_states_run_notify_outcome_at_once() -> None:
     wanted = _by_name(Settings(crash_retries=0))
     expects = {
         "scanflow: scan completed": {"prefect.flow-run.Completed"},
-        "scanflow: scan failed": {"prefect.flow-run.Failed", "prefect.flow-run.TimedOut"},
+        "scanflow: scan failed": {
+            "prefect.flow-run.Failed",
+            "prefect.flow-run.Rejected",  # a rejection's Failed state has its own name
+            "prefect.flow-run.TimedOut",
+        },
         "scanflow: scan crashed": {"prefect.flow-run.Crashed"},
         "scanflow: scan cancelled": {"prefect.flow-run.Cancelled"},
     }

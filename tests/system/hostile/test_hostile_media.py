@@ -114,8 +114,8 @@ def test_scanflow_process_survives_a_bomb_within_the_memory_target(
         timeout=300,
     )
     seconds = time.monotonic() - started
-    assert done.returncode == 1, done.stdout + done.stderr[-3000:]
-    assert "[resolution_out_of_range]" in done.stderr
+    assert done.returncode == 3, done.stdout + done.stderr[-3000:]  # rejected (README)
+    assert "[resolution_out_of_range]" in done.stderr and "Traceback" not in done.stderr
     peak_mb = int(done.stderr.rsplit("peak_rss_kb", 1)[1].split()[0]) / 1024
     record(case.name, **{"scanflow process": f"{seconds:.1f} s, {peak_mb:.0f} MB"})
     assert 0 < peak_mb < 1500
