@@ -11,6 +11,7 @@ scanflow model list [--registry URI] [--json]
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import os
 import sys
@@ -33,8 +34,10 @@ from scanflow.models.registry import (
     installed_backbone,
     list_models,
     load_package,
+    model_history,
     production_model,
     publish_package,
+    rollback_target,
     set_production_model,
 )
 from scanflow.settings import Settings
@@ -47,6 +50,7 @@ def cmd_model(args: argparse.Namespace, settings: Settings, stack: LocalStack) -
         "train": _train,
         "publish": _publish,
         "promote": _promote,
+        "rollback": _rollback,
         "list": _list,
     }[args.model_command]
     try:
@@ -150,20 +154,53 @@ def _promote(args: argparse.Namespace, settings: Settings, stack: LocalStack) ->
     entry = describe(uri, settings.models_dir, args.sha256)
     # Load it for real (backbone, head, a test frame) before any run can pick it up.
     load_package(entry.ref(), settings.models_dir, torch.device("cpu"))
-    set_production_model(entry.ref())
+    set_production_model(entry.ref(), action="promote", by=operator(), reason=args.reason)
     print(f"production model ({PRODUCTION_VARIABLE}): {entry.name} {entry.version}")
     print(f"  uri:    {entry.uri}")
     print(f"  sha256: {entry.sha256}")
     return 0
 
 
+def operator() -> str:
+    """Who is changing production: SCANFLOW_OPERATOR, else the login name."""
+    return os.environ.get("SCANFLOW_OPERATOR") or getpass.getuser()
+
+
+def _rollback(args: argparse.Namespace, settings: Settings, stack: LocalStack) -> int:
+    if not _reachable(settings, stack, start=True):
+        print("scanflow model rollback: the Prefect API does not answer", file=sys.stderr)
+        return 1
+    target, what = rollback_target(model_history())
+    if target is not None:
+        import torch
+
+        load_package(target, settings.models_dir, torch.device("cpu"))  # it still loads
+    set_production_model(target, action="rollback", by=operator(), reason=args.reason)
+    print(f"production model: back to {what}")
+    return 0
+
+
+def _history_lines(history: list[dict[str, Any]], last: int = 10) -> list[str]:
+    lines = []
+    for h in history[-last:]:
+        model = h.get("model") or {"name": DEFAULT_PACKAGE.name, "version": "(default)"}
+        why = f": {h['reason']}" if h.get("reason") else ""
+        lines.append(
+            f"  {str(h.get('at'))[:19]}  {h.get('action'):8s} {model['name']} "
+            f"{model['version']}  by {h.get('by') or '?'}{why}"
+        )
+    return lines
+
+
 def _list(args: argparse.Namespace, settings: Settings, stack: LocalStack) -> int:
     registry = _registry(settings, args.registry)
     entries = list_models(registry)
     production: Any = None
+    history: list[dict[str, Any]] = []
     reachable = _reachable(settings, stack, start=False)
     if reachable:
         production = production_model()
+        history = model_history()
     current = production or DEFAULT_PACKAGE
     if args.json:
         print(
@@ -173,6 +210,7 @@ def _list(args: argparse.Namespace, settings: Settings, stack: LocalStack) -> in
                     "production": production.model_dump() if production else None,
                     "default": DEFAULT_PACKAGE.model_dump(),
                     "models": [e.model_dump() for e in entries],
+                    "history": history,
                 },
                 indent=2,
             )
@@ -194,4 +232,7 @@ def _list(args: argparse.Namespace, settings: Settings, stack: LocalStack) -> in
         )
     else:
         print(f"production: {production.name} {production.version} ({production.uri})")
+    if history:
+        print("promotions and rollbacks (latest last):")
+        print("\n".join(_history_lines(history)))
     return 0

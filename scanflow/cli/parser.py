@@ -26,7 +26,7 @@ Turns patients' home video scans of their teeth into insights for their orthodon
     scanflow sample  PATH [--seconds N] [--width W --height H]
     scanflow reconcile [--since T] [--until T] [--dry-run] [--json]
     scanflow ops-report [--since T] [--until T] [--json]
-    scanflow model dataset|train|publish|promote|list ...
+    scanflow model dataset|train|publish|promote|rollback|list ...
     scanflow pools apply [NAME] [--replace-template] [--credential-secret-arn ARN]
     scanflow pools templates
     scanflow deploy NAME [NAME ...]
@@ -160,6 +160,10 @@ def _model(sub: Subparsers) -> None:
     pro = msub.add_parser("promote", help="check a package and make it the production model")
     pro.add_argument("uri", help="file:// or s3:// URI (or path) of a package .zip")
     pro.add_argument("--sha256", default=None, help="the sha256 it must have")
+    pro.add_argument("--reason", default="", help="why: recorded in the model history")
+
+    rb = msub.add_parser("rollback", help="production back to the model before the last change")
+    rb.add_argument("--reason", default="", help="why: recorded in the model history")
 
     ls = msub.add_parser("list", help="published packages, and which one is in production")
     ls.add_argument("--registry", default=None, help="file:// or s3:// registry URI")

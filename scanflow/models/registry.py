@@ -4,12 +4,15 @@
     <registry>/<name>/<version>/model.json      name, version, sha256, accuracy, card summary
     <registry>/<name>/<version>/MODEL_CARD.md   the card, readable without unzipping
 
-A registry is any ``file://`` or ``s3://`` prefix; the repository's ``models/`` folder is
-one, and holds the default model. A package is fetched once into the local cache
-(``<cache>/<sha256>/``), verified against the sha256 its reference carries, and unpacked
-there. The production model is the Prefect Variable ``scanflow_production_model`` (a JSON
-reference, visible and editable in the UI); ``promote`` checks a package fully before
-switching it. Without that Variable, runs use the default model shipped in ``models/``.
+A registry is any ``file://`` or ``s3://`` prefix; the package data folder
+``scanflow/models/packages/`` is one, and holds the default model. A package is fetched
+once into the local cache (``<cache>/<sha256>/``), verified against the sha256 its
+reference carries, and unpacked there. The production model is the Prefect Variable
+``scanflow_production_model`` (a JSON reference, visible and editable in the UI); every
+promotion and rollback is recorded, with who, when and why, in a Variable of its own
+(tagged ``scanflow-model-history``); ``promote`` checks a package fully before
+switching it. Without that Variable, runs use the default model shipped in
+``scanflow/models/packages/``.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ from scanflow.storage import join, store_for
 
 REPO_MODELS = Path(__file__).resolve().parent / "packages"
 PRODUCTION_VARIABLE = "scanflow_production_model"
+HISTORY_PREFIX = "scanflow_model_change_"  # one Variable per promotion or rollback
+HISTORY_TAG = "scanflow-model-history"
 PACKAGE_NAME = "model.zip"
 ENTRY_NAME = "model.json"
 CARD_NAME = "MODEL_CARD.md"
@@ -200,17 +205,82 @@ def production_model() -> ModelRef | None:
         ) from exc
 
 
-def set_production_model(ref: ModelRef, **extra: Any) -> dict[str, Any]:
-    """Switch the production model (the caller checks the package first)."""
+def set_production_model(
+    ref: ModelRef | None, *, action: str = "promote", by: str = "", reason: str = ""
+) -> dict[str, Any]:
+    """Switch the production model (the caller checks the package first); None: back to the
+    shipped default. Each switch is recorded (:func:`model_history`) with who, when and
+    why, and what production was before it."""
     from prefect.variables import Variable
 
-    value: dict[str, Any] = {
-        **ref.model_dump(),
-        "promoted_at": datetime.now(UTC).replace(microsecond=0).isoformat(),
-        **extra,
+    try:
+        previous = production_model()
+    except ProcessingError:  # a malformed Variable: replaced now, and nothing to return to
+        previous = None
+    at = datetime.now(UTC).isoformat(timespec="microseconds")
+    if ref is None:
+        Variable.unset(PRODUCTION_VARIABLE)
+        value: dict[str, Any] = {}
+    else:
+        value = {**ref.model_dump(), "promoted_at": at[:19] + "+00:00", "by": by, "reason": reason}
+        Variable.set(PRODUCTION_VARIABLE, value, tags=["scanflow", "model"], overwrite=True)
+    entry = {
+        "at": at,
+        "action": action,
+        "model": ref.model_dump() if ref else None,
+        "previous": previous.model_dump() if previous else None,
+        "by": by,
+        "reason": reason[:500],
     }
-    Variable.set(PRODUCTION_VARIABLE, value, tags=["scanflow", "model"], overwrite=True)
+    stamp = "".join(c if c.isalnum() else "_" for c in at).lower()
+    Variable.set(HISTORY_PREFIX + stamp, entry, tags=["scanflow", HISTORY_TAG], overwrite=True)
     return value
+
+
+def model_history() -> list[dict[str, Any]]:
+    """Every promotion and rollback, oldest first (one Prefect Variable each, tagged
+    ``scanflow-model-history``: Variables hold 5,000 characters, a history grows)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import VariableFilter, VariableFilterTags
+
+    entries: list[dict[str, Any]] = []
+    tagged = VariableFilter(tags=VariableFilterTags(all_=[HISTORY_TAG]))
+    with get_client(sync_client=True) as client:
+        while True:
+            page = client.request(
+                "POST",
+                "/variables/filter",
+                json={
+                    "variables": tagged.model_dump(mode="json", exclude_unset=True),
+                    "offset": len(entries),
+                    "limit": 200,
+                },
+            ).json()
+            entries += [v["value"] for v in page if isinstance(v.get("value"), dict)]
+            if len(page) < 200:
+                break
+    return sorted(entries, key=lambda e: str(e.get("at")))
+
+
+def rollback_target(history: list[dict[str, Any]]) -> tuple[ModelRef | None, str]:
+    """What a rollback returns production to: what it was before the promotion that made the
+    current production (None: the shipped default), and a description of it. Rollbacks
+    unwind promotions one at a time: promote A, promote B, rollback (A), rollback (the
+    default)."""
+    before: list[dict[str, Any] | None] = []  # what each standing promotion replaced
+    for entry in history:
+        if entry.get("action") == "rollback":
+            if before:
+                before.pop()
+        else:
+            before.append(entry.get("previous"))
+    if not before:
+        raise ValueError("no promotion to roll back: production is where it started")
+    target = before[-1]
+    if target is None:
+        return None, f"the shipped default {DEFAULT_PACKAGE.name} {DEFAULT_PACKAGE.version}"
+    ref = ModelRef.model_validate(target)
+    return ref, f"{ref.name} {ref.version}"
 
 
 def choose_model(pinned: ModelRef) -> tuple[ModelRef, str]:

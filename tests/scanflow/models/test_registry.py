@@ -4,7 +4,7 @@ production model as a Prefect Variable on a real Prefect server, through the CLI
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import boto3
@@ -137,3 +137,65 @@ def test_the_repository_registry_lists_the_default_model() -> None:
     entries = list_models(REPO_MODELS.as_uri())
     default = [e for e in entries if e.sha256 == DEFAULT_PACKAGE.sha256]
     assert len(default) == 1 and default[0].synthetic
+
+
+@pytest.fixture
+def no_model_history(no_production_model: None) -> Iterator[None]:
+    """No promotion or rollback on record before the test (other tests promote too)."""
+    from prefect.client.orchestration import get_client
+
+    from scanflow.models.registry import HISTORY_PREFIX
+
+    def clear() -> None:
+        with get_client(sync_client=True) as client:
+            for v in client.read_variables(limit=None):
+                if v.name.startswith(HISTORY_PREFIX):
+                    client.delete_variable_by_name(v.name)
+
+    clear()
+    yield
+    clear()
+
+
+def test_rollback_unwinds_promotions_one_at_a_time_recording_who_and_why(
+    package: Path,
+    make_package: Callable[..., Path],
+    no_model_history: None,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from scanflow.models.registry import model_history
+
+    monkeypatch.setenv("SCANFLOW_OPERATOR", "dr-ops")
+    assert main(["model", "rollback"]) == 2  # nothing promoted: nothing to roll back
+    assert "no promotion to roll back" in capsys.readouterr().err
+    second = make_package("second", lambda d: (d / "MODEL_CARD.md").write_text("v2\n"))
+    assert sha256_file(second) != sha256_file(package)
+    assert main(["model", "promote", str(package), "--reason", "first trained"]) == 0
+    assert main(["model", "promote", str(second), "--reason", "a better card"]) == 0
+    production = production_model()
+    assert production is not None and production.sha256 == sha256_file(second)
+
+    assert main(["model", "rollback", "--reason", "the new one misbehaves"]) == 0
+    production = production_model()
+    assert production is not None and production.sha256 == sha256_file(package)
+    assert "back to test-views 0.1.0" in capsys.readouterr().out
+    assert main(["model", "rollback", "--reason", "back to the shipped one"]) == 0
+    assert production_model() is None and choose_model(ModelRef())[0] == DEFAULT_PACKAGE
+    assert main(["model", "rollback"]) == 2  # every promotion unwound
+
+    history = model_history()
+    assert [(h["action"], h["by"], h["reason"]) for h in history] == [
+        ("promote", "dr-ops", "first trained"),
+        ("promote", "dr-ops", "a better card"),
+        ("rollback", "dr-ops", "the new one misbehaves"),
+        ("rollback", "dr-ops", "back to the shipped one"),
+    ]
+    assert history[1]["previous"]["sha256"] == sha256_file(package)
+    assert history[3]["model"] is None  # the shipped default
+    capsys.readouterr()
+    assert main(["model", "list"]) == 0
+    listed = capsys.readouterr().out
+    assert "promotions and rollbacks (latest last):" in listed
+    assert "rollback test-views (default)" not in listed
+    assert "by dr-ops: the new one misbehaves" in listed
