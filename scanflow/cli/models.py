@@ -49,6 +49,7 @@ def cmd_model(args: argparse.Namespace, settings: Settings, stack: LocalStack) -
         "dataset": _dataset,
         "train": _train,
         "publish": _publish,
+        "evaluate": _evaluate,
         "promote": _promote,
         "rollback": _rollback,
         "list": _list,
@@ -159,6 +160,85 @@ def _promote(args: argparse.Namespace, settings: Settings, stack: LocalStack) ->
     print(f"  uri:    {entry.uri}")
     print(f"  sha256: {entry.sha256}")
     return 0
+
+
+def labelled_frames(root: Path) -> list[tuple[Path, str]]:
+    """The frames to measure on: ``heldout/`` (or test/, val/) when the folder is split,
+    else every ``<label>/`` folder's images."""
+    from cv.model.viewdata import HELDOUT_NAMES, IMAGE_SUFFIXES
+
+    if not root.is_dir():
+        raise ValueError(f"{root} is not a folder")
+    base = next((root / n for n in HELDOUT_NAMES if (root / n).is_dir()), root)
+    frames = [
+        (f, d.name)
+        for d in sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
+        for f in sorted(d.iterdir())
+        if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+    ]
+    if not frames:
+        raise ValueError(f"{base} holds no labelled frames (<label>/ folders of images)")
+    return frames
+
+
+def _evaluate(args: argparse.Namespace, settings: Settings, stack: LocalStack) -> int:
+    import torch
+
+    from cv.model.evaluation import measure
+
+    frames = labelled_frames(Path(args.data_dir))
+    if args.against:
+        other, other_is = describe(to_uri(args.against), settings.models_dir).ref(), "against"
+    else:
+        promoted = production_model() if _reachable(settings, stack, start=False) else None
+        other, other_is = promoted or DEFAULT_PACKAGE, "production"
+    candidate = describe(to_uri(args.package), settings.models_dir).ref()
+    threads = settings.cpu_threads or cpu_threads()
+    results = {}
+    for role, ref in (("candidate", candidate), (other_is, other)):
+        model = load_package(ref, settings.models_dir, torch.device("cpu"))
+        results[role] = {
+            "model": ref.model_dump(),
+            **measure(model, frames, threads=threads).as_dict(),
+        }
+    if args.json:
+        print(json.dumps({"frames": len(frames), **results}, indent=2))
+        return 0
+    print("\n".join(comparison_lines(results, len(frames), args.data_dir)))
+    return 0
+
+
+def comparison_lines(results: dict[str, dict[str, Any]], frames: int, where: str) -> list[str]:
+    """Two models side by side: accuracy, calibration, per-view precision and recall, and
+    each one's confusion matrix."""
+    roles = list(results)
+    a, b = (results[r] for r in roles)
+    lines = [f"{frames} labelled frames from {where}", ""]
+    lines.append(f"{'':24s}" + "".join(f"{r:>22s}" for r in roles))
+    lines.append(
+        f"{'model':24s}"
+        + "".join(f"{x['model']['name'] + ' ' + x['model']['version']:>22s}" for x in (a, b))
+    )
+    lines.append(f"{'accuracy':24s}" + "".join(f"{x['accuracy']:>22.1%}" for x in (a, b)))
+    lines.append(f"{'calibration error (ECE)':24s}" + "".join(f"{x['ece']:>22.3f}" for x in (a, b)))
+    views = list(dict.fromkeys([*a["labels"], *b["labels"]]))
+
+    def pct(v: float | None) -> str:
+        return "-" if v is None else f"{v:.0%}"
+
+    for view in views:
+        cells = [
+            f"{pct(x['per_class_precision'].get(view))} / {pct(x['per_class_recall'].get(view))}"
+            for x in (a, b)
+        ]
+        lines.append(f"{view + ' prec/recall':24s}" + "".join(f"{c:>22s}" for c in cells))
+    for role in roles:
+        x = results[role]
+        lines += ["", f"confusion, {role} (rows: truth, columns: prediction)"]
+        lines.append(f"{'':18s}" + "".join(f"{lab[:8]:>9s}" for lab in x["labels"]))
+        for lab, row in zip(x["labels"], x["confusion"], strict=True):
+            lines.append(f"{lab[:18]:18s}" + "".join(f"{v:>9d}" for v in row))
+    return lines
 
 
 def operator() -> str:

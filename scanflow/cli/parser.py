@@ -26,7 +26,7 @@ Turns patients' home video scans of their teeth into insights for their orthodon
     scanflow sample  PATH [--seconds N] [--width W --height H]
     scanflow reconcile [--since T] [--until T] [--dry-run] [--json]
     scanflow ops-report [--since T] [--until T] [--json]
-    scanflow model dataset|train|publish|promote|rollback|list ...
+    scanflow model dataset|train|publish|evaluate|promote|rollback|list ...
     scanflow pools apply [NAME] [--replace-template] [--credential-secret-arn ARN]
     scanflow pools templates
     scanflow deploy NAME [NAME ...]
@@ -161,6 +161,14 @@ def _model(sub: Subparsers) -> None:
     pro.add_argument("uri", help="file:// or s3:// URI (or path) of a package .zip")
     pro.add_argument("--sha256", default=None, help="the sha256 it must have")
     pro.add_argument("--reason", default="", help="why: recorded in the model history")
+
+    ev = msub.add_parser(
+        "evaluate", help="a candidate and production measured on the same labelled frames"
+    )
+    ev.add_argument("package", help="the candidate: a package .zip path or URI")
+    ev.add_argument("data_dir", help="labelled frames: <label>/ folders, or heldout/<label>/")
+    ev.add_argument("--against", default=None, help="compare with this package, not production")
+    ev.add_argument("--json", action="store_true", help="machine-readable output")
 
     rb = msub.add_parser("rollback", help="production back to the model before the last change")
     rb.add_argument("--reason", default="", help="why: recorded in the model history")

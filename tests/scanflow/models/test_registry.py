@@ -199,3 +199,39 @@ def test_rollback_unwinds_promotions_one_at_a_time_recording_who_and_why(
     assert "promotions and rollbacks (latest last):" in listed
     assert "rollback test-views (default)" not in listed
     assert "by dr-ops: the new one misbehaves" in listed
+
+
+def test_evaluate_measures_candidate_and_another_on_the_same_frames(
+    package: Path,
+    view_dataset: Path,
+    make_package: Callable[..., Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A package whose labels are shuffled (a worse candidate) measures worse than the one
+    trained honestly, on the held-out frames of the dataset both saw."""
+
+    def shuffle(folder: Path) -> None:
+        labels = json.loads((folder / "labels.json").read_text())
+        names = labels["labels"] if isinstance(labels, dict) else labels
+        rotated = names[1:] + names[:1]
+        if isinstance(labels, dict):
+            labels["labels"] = rotated
+        else:
+            labels = rotated
+        (folder / "labels.json").write_text(json.dumps(labels))
+
+    shuffled = make_package("shuffled", shuffle)
+    heldout = sum(1 for f in (view_dataset / "heldout").rglob("*") if f.is_file())
+    args = ["model", "evaluate", str(package), str(view_dataset), "--against", str(shuffled)]
+    assert main([*args, "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    good, bad = got["candidate"], got["against"]
+    assert got["frames"] == good["frames"] == bad["frames"] == heldout
+    assert good["accuracy"] > bad["accuracy"] + 0.3
+    assert 0.0 <= good["ece"] <= 1.0 and 0.0 <= bad["ece"] <= 1.0
+    assert bad["ece"] > good["ece"]  # just as sure, and wrong
+    assert sum(map(sum, good["confusion"])) == heldout
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "calibration error (ECE)" in text and "confusion, candidate" in text
+    assert main(["model", "evaluate", str(package), str(view_dataset / "none")]) == 2
