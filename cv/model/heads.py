@@ -7,7 +7,7 @@ same data gives the same weights, and no global torch state is touched.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,11 +65,18 @@ class TrainConfig:
     seed: int = 0  # draws held-out frames when a dataset has no split folders
 
 
+EpochReport = Callable[[int, float, float, float | None], None]
+
+
 def train_head(
     embeddings: npt.NDArray[np.float32],
     targets: npt.NDArray[np.int64],
     n_classes: int,
     config: TrainConfig | None = None,
+    *,
+    heldout: tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]] | None = None,
+    report: EpochReport | None = None,
+    reports: int = 20,
 ) -> ViewHead:
     """Fit a view head by full-batch Adam on class-balanced cross-entropy.
 
@@ -78,6 +85,11 @@ def train_head(
         targets: N class indices in ``range(n_classes)``.
         n_classes: how many labels the head predicts.
         config: epochs, learning rate, weight decay and seed (default: TrainConfig()).
+        heldout: embeddings and targets to measure accuracy on as training goes.
+        report: called ``reports`` times (and after the last epoch) with the epoch, the
+            training loss, the training accuracy and the held-out accuracy (None without
+            ``heldout``).
+        reports: how many times to call ``report``.
     Returns:
         The head in eval mode, on the CPU.
     Raises:
@@ -98,12 +110,22 @@ def train_head(
     opt = torch.optim.Adam(
         head.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
     )
+    every = max(1, config.epochs // max(1, reports))
     head.train()
-    for _ in range(config.epochs):
+    for epoch in range(1, config.epochs + 1):
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn(head(x), y)
+        logits = head(x)
+        loss = loss_fn(logits, y)
         loss.backward()
         opt.step()
+        if report is not None and (epoch % every == 0 or epoch == config.epochs):
+            train_acc = float((logits.argmax(dim=1) == y).float().mean())
+            held_acc = None
+            if heldout is not None and len(heldout[1]):
+                with torch.no_grad():
+                    pred = head(torch.from_numpy(np.ascontiguousarray(heldout[0], np.float32)))
+                held_acc = float((pred.argmax(dim=1).numpy() == heldout[1]).mean())
+            report(epoch, float(loss), train_acc, held_acc)
     return head.eval()
 
 

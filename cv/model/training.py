@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -11,8 +12,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from cv.model.heads import Evaluation, TrainConfig, evaluate, predict, train_head
-from cv.model.network import Backbone, LoadedModel, embed_frames
+from cv.model.heads import EpochReport, Evaluation, TrainConfig, evaluate, predict, train_head
+from cv.model.network import Backbone, LoadedModel, embed_frames, sha256_file
 from cv.model.package import write_package
 from cv.model.predictions import EMBEDDING_DIM
 from cv.model.viewdata import LabelledFrames, load_image, read_dataset
@@ -61,6 +62,7 @@ def train_view_package(
     synthetic: bool | None = None,
     threads: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    epoch_report: EpochReport | None = None,
 ) -> TrainedPackage:
     """Fit a view head on a dataset's training frames, evaluate it on the held-out ones,
     and write the model package.
@@ -78,6 +80,7 @@ def train_view_package(
             the dataset's dataset.json says.
         threads: CPU threads for embedding.
         progress: called with (frames embedded, total).
+        epoch_report: called as training goes (cv.model.heads.train_head's ``report``).
     Returns:
         The archive's path and sha256, the labels and the held-out evaluation.
     Raises:
@@ -92,11 +95,19 @@ def train_view_package(
     y_train = np.array([c for _, c in data.train], np.int64)
     y_held = np.array([c for _, c in data.heldout], np.int64)
     config = config or TrainConfig()
-    head = train_head(emb[:n_train], y_train, len(data.labels), config)
+    head = train_head(
+        emb[:n_train],
+        y_train,
+        len(data.labels),
+        config,
+        heldout=(emb[n_train:], y_held),
+        report=epoch_report,
+    )
     predicted, _ = predict(head, emb[n_train:])
     evaluation = evaluate(y_held, predicted, data.labels)
     training: Mapping[str, Any] = {
         "dataset": data_dir.name,
+        "dataset_sha256": fingerprint(data),
         "synthetic": bool(data.provenance.get("synthetic")) if synthetic is None else synthetic,
         "dataset_provenance": {k: v for k, v in data.provenance.items() if k != "frames"},
         "split": data.split,
@@ -117,6 +128,15 @@ def train_view_package(
         evaluation=evaluation,
     )
     return TrainedPackage(out, sha, data.labels, evaluation, n_train)
+
+
+def fingerprint(data: LabelledFrames) -> str:
+    """The dataset's identity: a sha256 over every frame's split, label and content."""
+    digest = hashlib.sha256()
+    for split, pairs in (("train", data.train), ("heldout", data.heldout)):
+        for path, label in pairs:
+            digest.update(f"{split}/{data.labels[label]}/{sha256_file(path)}\n".encode())
+    return digest.hexdigest()
 
 
 def _per_class(y: npt.NDArray[np.int64], labels: Sequence[str]) -> dict[str, int]:

@@ -25,13 +25,10 @@ from scanflow.cli.local import is_local_api
 from scanflow.local.stack import LocalStack
 from scanflow.models.cache import cpu_threads
 from scanflow.models.registry import (
-    BACKBONE,
-    BACKBONE_IDENTITY,
     DEFAULT_PACKAGE,
     PRODUCTION_VARIABLE,
     REPO_MODELS,
     describe,
-    installed_backbone,
     list_models,
     load_package,
     model_history,
@@ -96,45 +93,41 @@ def _dataset(args: argparse.Namespace, settings: Settings, stack: LocalStack) ->
 
 
 def _train(args: argparse.Namespace, settings: Settings, stack: LocalStack) -> int:
-    import torch
+    """The train-view-model flow, here and now (its run and artifacts in the Prefect UI)."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
-    from cv.model.heads import TrainConfig
-    from cv.model.network import load_backbone
-    from cv.model.training import train_view_package
+    from flows.train_view_model import train_view_model
 
-    data = Path(args.data_dir)
-    out = Path(args.out or f"{args.name}-{args.version}.zip")
-    backbone = load_backbone(installed_backbone(), BACKBONE_IDENTITY, torch.device("cpu"))
-
-    def progress(done: int, total: int) -> None:
-        print(f"\rembedding frames: {done}/{total}", end="", file=sys.stderr, flush=True)
-
-    trained = train_view_package(
-        data,
-        out,
-        name=args.name,
-        version=args.version,
-        backbone_model=backbone,
-        backbone=BACKBONE,
-        config=TrainConfig(epochs=args.epochs, seed=args.seed),
-        heldout_fraction=args.heldout_fraction,
-        threads=settings.cpu_threads or cpu_threads(),
-        progress=progress,
-    )
-    print(file=sys.stderr)
-    ev = trained.evaluation
-    print(f"package:  {trained.path.resolve()}")
-    print(f"sha256:   {trained.sha256}")
-    print(f"labels:   {', '.join(trained.labels)}")
-    print(f"frames:   {trained.train_frames} trained on, {ev.frames} held out")
-    print(f"held-out accuracy: {ev.accuracy:.1%}")
-    for label, recall in ev.per_class_recall.items():
-        print(f"  {label:16s} recall {'-' if recall is None else f'{recall:.1%}'}")
-    if args.publish is not None:
-        entry = publish_package(
-            out, _registry(settings, args.publish or None), replace=args.replace
+    if not Path(args.data_dir).is_dir():
+        raise ValueError(f"{args.data_dir} is not a folder")
+    if not _reachable(settings, stack, start=True):
+        print("scanflow model train: the Prefect API does not answer", file=sys.stderr)
+        return 1
+    out = Path(args.out or f"{args.name}-{args.version}.zip").resolve()
+    registry = _registry(settings, args.publish or None) if args.publish is not None else None
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        trained = train_view_model(
+            str(Path(args.data_dir).resolve()),
+            name=args.name,
+            version=args.version,
+            out=str(out),
+            epochs=args.epochs,
+            seed=args.seed,
+            heldout_fraction=args.heldout_fraction,
+            threads=settings.cpu_threads or cpu_threads(),
+            publish=registry,
+            replace=args.replace,
         )
-        print(f"published: {entry.uri}")
+    ev = trained["evaluation"]
+    print(f"package:  {trained['path']}")
+    print(f"sha256:   {trained['sha256']}")
+    print(f"labels:   {', '.join(trained['labels'])}")
+    print(f"frames:   {trained['train_frames']} trained on, {ev['frames']} held out")
+    print(f"held-out accuracy: {ev['accuracy']:.1%}")
+    for label, recall in ev["per_class_recall"].items():
+        print(f"  {label:16s} recall {'-' if recall is None else f'{recall:.1%}'}")
+    if "published" in trained:
+        print(f"published: {trained['published']}")
     return 0
 
 

@@ -32,6 +32,7 @@ def test_the_repository_declares_its_deployments_by_name() -> None:
         "reconcile",
         "reconcile-cloud",
         "reconcile-ecs",
+        "train-gpu",
     ]
     assert declared["ecs-gpu"]["work_pool"]["name"] == "scanflow-gpu"
     assert deployment_config("notify")["work_pool"]["name"] == "notify"
@@ -108,6 +109,7 @@ def test_flow_name_comes_from_the_entrypoint_in_either_form() -> None:
         "ops-report": "ops-report",
         "ops-report-cloud": "ops-report",
         "ops-report-ecs": "ops-report",
+        "train-gpu": "train-view-model",
     }
     assert flow_name({"entrypoint": "flows/notify_outcome.py:notify_outcome"}) == "notify-outcome"
     assert flow_name({"entrypoint": "flows.process_scan.process_scan"}) == "process-scan"

@@ -47,6 +47,7 @@ def test_a_day_of_scans_by_outcome_cause_and_latency(
 ) -> None:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
     from prefect.states import Completed, Crashed, Failed
 
     platform, slack = receivers
@@ -93,11 +94,14 @@ def test_a_day_of_scans_by_outcome_cause_and_latency(
     with get_client(sync_client=True) as client:
         for key in ("ops-report", "ops-report-charts"):
             [latest] = client.read_artifacts(
-                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])), limit=1
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+                sort=ArtifactSort.CREATED_DESC,
+                limit=1,
             )
             assert latest.data
         [charts] = client.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["ops-report-charts"])),
+            sort=ArtifactSort.CREATED_DESC,
             limit=1,
         )
         assert "data:image/png;base64," in str(charts.data)

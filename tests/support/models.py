@@ -1,6 +1,7 @@
 """Model fixtures (a pytest plugin of the root conftest): the shipped backbone's weights and
-the backbone loaded on the CPU, a small synthetic view dataset, a package trained on it by
-the real ``scanflow model train`` command, and a way to build broken packages from it."""
+the backbone loaded on the CPU, a small synthetic view dataset, a package trained on it
+(cv.model.training, as the train-view-model flow trains: tests/flows/test_train_view_model.py
+runs the flow itself), and a way to build broken packages from it."""
 
 from __future__ import annotations
 
@@ -40,25 +41,25 @@ def view_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def package(view_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A view package trained by ``scanflow model train`` on the small dataset."""
+def package(
+    view_dataset: Path, backbone: LoadedModel, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A view package trained on the small dataset (no Prefect server needed)."""
+    from cv.model.heads import TrainConfig
+    from cv.model.training import train_view_package
+    from scanflow.models.registry import BACKBONE
+
     out = tmp_path_factory.mktemp("packages") / "test-views-0.1.0.zip"
-    code = main(
-        [
-            "model",
-            "train",
-            str(view_dataset),
-            "--out",
-            str(out),
-            "--name",
-            "test-views",
-            "--version",
-            "0.1.0",
-            "--epochs",
-            "200",
-        ]
+    trained = train_view_package(
+        view_dataset,
+        out,
+        name="test-views",
+        version="0.1.0",
+        backbone_model=backbone,
+        backbone=BACKBONE,
+        config=TrainConfig(epochs=200),
     )
-    assert code == 0 and out.is_file()
+    assert out.is_file() and trained.sha256 == sha256_file(out)
     return out
 
 
