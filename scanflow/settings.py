@@ -145,6 +145,13 @@ class Settings(BaseSettings):
         description="No heartbeat nor state change for this long marks a run Crashed "
         "(heartbeats every 30 s, prefect.yaml).",
     )
+    shadow_min_agreement: float = Field(
+        0.9,
+        ge=0,
+        le=1,
+        description="The promotion gate: a candidate's views must agree with production's on "
+        "at least this share of the shadowed scans' kept frames (and cost no scan a view).",
+    )
     # -- the reconciler (flows/reconcile.py) ----------------------------------------------
     uploads_uri: str | None = Field(
         None,

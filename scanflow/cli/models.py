@@ -24,6 +24,7 @@ from cv.model.viewdata import SyntheticDatasetSpec, build_synthetic_dataset
 from scanflow.cli.local import is_local_api
 from scanflow.local.stack import LocalStack
 from scanflow.models.cache import cpu_threads
+from scanflow.models.gate import may_promote
 from scanflow.models.registry import (
     DEFAULT_PACKAGE,
     PRODUCTION_VARIABLE,
@@ -47,6 +48,7 @@ def cmd_model(args: argparse.Namespace, settings: Settings, stack: LocalStack) -
         "train": _train,
         "publish": _publish,
         "evaluate": _evaluate,
+        "shadow": _shadow,
         "promote": _promote,
         "rollback": _rollback,
         "list": _list,
@@ -148,7 +150,13 @@ def _promote(args: argparse.Namespace, settings: Settings, stack: LocalStack) ->
     entry = describe(uri, settings.models_dir, args.sha256)
     # Load it for real (backbone, head, a test frame) before any run can pick it up.
     load_package(entry.ref(), settings.models_dir, torch.device("cpu"))
-    set_production_model(entry.ref(), action="promote", by=operator(), reason=args.reason)
+    passed, verdict = may_promote(settings.results_root, entry.sha256)
+    if not passed and not args.force:
+        print(f"scanflow model promote: refused: {verdict}", file=sys.stderr)
+        return 1
+    reason = args.reason if passed else f"{args.reason} [forced past the gate: {verdict}]"
+    set_production_model(entry.ref(), action="promote", by=operator(), reason=reason.strip())
+    print(f"gate:   {'passed' if passed else 'FORCED'}: {verdict}")
     print(f"production model ({PRODUCTION_VARIABLE}): {entry.name} {entry.version}")
     print(f"  uri:    {entry.uri}")
     print(f"  sha256: {entry.sha256}")
@@ -232,6 +240,33 @@ def comparison_lines(results: dict[str, dict[str, Any]], frames: int, where: str
         for lab, row in zip(x["labels"], x["confusion"], strict=True):
             lines.append(f"{lab[:18]:18s}" + "".join(f"{v:>9d}" for v in row))
     return lines
+
+
+def _shadow(args: argparse.Namespace, settings: Settings, stack: LocalStack) -> int:
+    """The shadow-model flow, here and now; exit 1 when the candidate fails the gate."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    from flows.shadow_model import shadow_model
+
+    if not _reachable(settings, stack, start=True):
+        print("scanflow model shadow: the Prefect API does not answer", file=sys.stderr)
+        return 1
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        report = shadow_model(to_uri(args.package), last=args.last, since=args.since)
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        for s in report["scans"]:
+            lost = ", ".join(s["views_lost"]) or "-"
+            found = ", ".join(s["views_found"]) or "-"
+            print(
+                f"{s['scan'].rstrip('/').rsplit('/', 1)[-1]:24s} agreement {s['agreement']:6.1%}"
+                f"  lost {lost:20s} found {found:20s} {s['seconds']:.1f} s"
+            )
+        gate = report["gate"]
+        print(f"gate: {'passed' if gate['passed'] else 'FAILED'}: {gate['why']}")
+        print(f"report: {report['report']}")
+    return 0 if report["gate"]["passed"] else 1
 
 
 def operator() -> str:

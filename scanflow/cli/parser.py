@@ -26,7 +26,7 @@ Turns patients' home video scans of their teeth into insights for their orthodon
     scanflow sample  PATH [--seconds N] [--width W --height H]
     scanflow reconcile [--since T] [--until T] [--dry-run] [--json]
     scanflow ops-report [--since T] [--until T] [--json]
-    scanflow model dataset|train|publish|evaluate|promote|rollback|list ...
+    scanflow model dataset|train|publish|evaluate|shadow|promote|rollback|list ...
     scanflow pools apply [NAME] [--replace-template] [--credential-secret-arn ARN]
     scanflow pools templates
     scanflow deploy NAME [NAME ...]
@@ -161,6 +161,15 @@ def _model(sub: Subparsers) -> None:
     pro.add_argument("uri", help="file:// or s3:// URI (or path) of a package .zip")
     pro.add_argument("--sha256", default=None, help="the sha256 it must have")
     pro.add_argument("--reason", default="", help="why: recorded in the model history")
+    pro.add_argument(
+        "--force", action="store_true", help="promote without a passed shadow run (recorded)"
+    )
+
+    sh = msub.add_parser("shadow", help="a candidate over past scans, beside production")
+    sh.add_argument("package", help="the candidate: a package .zip path or URI")
+    sh.add_argument("--last", type=int, default=20, help="the newest N completed scans")
+    sh.add_argument("--since", type=when, default=None, help="only scans completed since")
+    sh.add_argument("--json", action="store_true", help="print the report as JSON")
 
     ev = msub.add_parser(
         "evaluate", help="a candidate and production measured on the same labelled frames"

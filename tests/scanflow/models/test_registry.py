@@ -96,7 +96,9 @@ def test_promote_switches_the_production_variable_and_list_shows_it(
     assert main(["model", "publish", str(package), "--registry", registry]) == 0
     assert choose_model(ModelRef())[0] == DEFAULT_PACKAGE
     uri = f"{registry}/test-views/0.1.0/model.zip"
-    assert main(["model", "promote", uri]) == 0
+    assert main(["model", "promote", uri]) == 1  # never shadowed: the gate refuses
+    assert "never shadowed" in capsys.readouterr().err
+    assert main(["model", "promote", uri, "--force"]) == 0
     value = Variable.get(PRODUCTION_VARIABLE)
     assert isinstance(value, dict)
     assert (value["uri"], value["sha256"]) == (uri, sha256_file(package))
@@ -171,8 +173,9 @@ def test_rollback_unwinds_promotions_one_at_a_time_recording_who_and_why(
     assert "no promotion to roll back" in capsys.readouterr().err
     second = make_package("second", lambda d: (d / "MODEL_CARD.md").write_text("v2\n"))
     assert sha256_file(second) != sha256_file(package)
-    assert main(["model", "promote", str(package), "--reason", "first trained"]) == 0
-    assert main(["model", "promote", str(second), "--reason", "a better card"]) == 0
+    promote = ["model", "promote", "--force", "--reason"]
+    assert main([*promote, "first trained", str(package)]) == 0
+    assert main([*promote, "a better card", str(second)]) == 0
     production = production_model()
     assert production is not None and production.sha256 == sha256_file(second)
 
@@ -185,7 +188,7 @@ def test_rollback_unwinds_promotions_one_at_a_time_recording_who_and_why(
     assert main(["model", "rollback"]) == 2  # every promotion unwound
 
     history = model_history()
-    assert [(h["action"], h["by"], h["reason"]) for h in history] == [
+    assert [(h["action"], h["by"], h["reason"].split(" [")[0]) for h in history] == [
         ("promote", "dr-ops", "first trained"),
         ("promote", "dr-ops", "a better card"),
         ("rollback", "dr-ops", "the new one misbehaves"),

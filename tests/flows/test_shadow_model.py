@@ -1,0 +1,79 @@
+"""shadow-model (flows/shadow_model.py) and the promotion gate, as `scanflow model shadow` and
+`scanflow model promote` run them, on the session's server: two scans processed for real by
+production (the shipped default), then candidates over their stored kept frames.
+
+The shipped model shadowing itself agrees everywhere and passes the gate; a candidate with
+its labels shuffled (a worse model) fails it and cannot be promoted without --force; and
+shadow results never touch production's files."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from cv.synthetic import SyntheticScan
+from flows.process_scan import process_scan
+from scanflow.cli.main import main
+from scanflow.models.registry import DEFAULT_PACKAGE, PRODUCTION_VARIABLE
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_server")]
+
+
+def _files(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _shuffle(folder: Path) -> None:
+    names = json.loads((folder / "labels.json").read_text())
+    (folder / "labels.json").write_text(json.dumps(names[1:] + names[:1]))
+
+
+def test_shadow_runs_beside_production_and_gates_promotion(
+    good_scan: SyntheticScan,
+    later_scan: SyntheticScan,
+    results_dir: Path,
+    make_package: Callable[..., Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from prefect.variables import Variable
+
+    Variable.unset(PRODUCTION_VARIABLE)
+    for scan_id, scan in (("sh-1", good_scan), ("sh-2", later_scan)):
+        state = process_scan(scan_id, "pt-shadow", scan.path.as_uri(), return_state=True)
+        assert state.is_completed(), state.message
+    before = _files(results_dir)
+
+    default = DEFAULT_PACKAGE.uri
+    assert default is not None
+    assert main(["model", "shadow", default, "--json"]) == 0
+    same = json.loads(capsys.readouterr().out)
+    assert [s["scan"].rsplit("/", 1)[-1] for s in same["scans"]] == ["sh-2", "sh-1"]
+    assert all(s["agreement"] == 1.0 and not s["views_lost"] for s in same["scans"])
+    assert same["gate"]["passed"] and same["seconds_per_scan"] > 0
+
+    worse = make_package("shuffled-shadow", _shuffle)
+    assert main(["model", "shadow", str(worse)]) == 1  # fails the gate
+    printed = capsys.readouterr().out
+    assert "gate: FAILED" in printed and "agreement" in printed
+    after = _files(results_dir)
+    changed = {p for p in before if after.get(p) != before[p]}
+    assert not changed, changed  # production's files untouched
+    added = set(after) - set(before)
+    assert added and all("/shadow/" in p or p.startswith("_shadow/") for p in added), added
+
+    assert main(["model", "promote", str(worse), "--reason", "try it"]) == 1
+    assert "refused" in capsys.readouterr().err
+    assert Variable.get(PRODUCTION_VARIABLE) is None
+    assert main(["model", "promote", str(worse), "--force", "--reason", "on purpose"]) == 0
+    assert "FORCED" in capsys.readouterr().out
+    promoted = Variable.get(PRODUCTION_VARIABLE)
+    assert isinstance(promoted, dict) and "forced past the gate" in promoted["reason"]
+    Variable.unset(PRODUCTION_VARIABLE)
