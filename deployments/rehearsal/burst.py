@@ -94,6 +94,8 @@ class Upload:
     def expected(self) -> str:
         if self.kind == "good":
             return "completed"
+        if self.kind == "missing":  # not_found: the integration's, not the patient's
+            return "failed"
         return "refused" if self.kind == "empty" else "rejected"
 
     def event(self) -> dict[str, Any]:
@@ -580,7 +582,7 @@ def analyse(
         state = run.get("state") or {}
         kind = state.get("type", "?")
         if kind == "FAILED":
-            # "Flow run encountered an exception: RejectedScan: [too_short] ..."
+            # "[too_short] ..." (a Rejected state), "... ProcessingError: [not_found] ..."
             found = re.search(r"\[([a-z_]+)\]", state.get("message") or "")
             code = found.group(1) if found else ""
             is_rejected = code in {r.value for r in Reason} and Reason(code).is_patient_fixable

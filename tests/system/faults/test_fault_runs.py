@@ -214,7 +214,7 @@ def world(
                 folder / "long.mp4", ScanSpec(duration_s=20.0, fps=15.0, seed=3)
             )
             longer_scan = render_scan(
-                folder / "longer.mp4", ScanSpec(duration_s=45.0, fps=15.0, seed=4)
+                folder / "longer.mp4", ScanSpec(duration_s=75.0, fps=15.0, seed=4)
             )
             junk = folder / "junk.mp4"
             junk.write_bytes(uuid.uuid4().bytes * 3000)

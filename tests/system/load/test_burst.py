@@ -4,7 +4,8 @@ outcome its input calls for, and the orchestrator crashes none of them.
 
 The burst is bench/burst.py's, smaller: 20 uploads within 4 s, each delivered twice as S3
 may (40 invocations, 10 at a time), one in five bad (random bytes and a 2 s scan are rejected
-by the flow, a missing object too, an empty upload is refused by the trigger). Every accepted
+by the flow, a missing object fails as not_found, an empty upload is refused by the
+trigger). Every accepted
 upload is processed for real (a process per run, as the process pool does), which is what
 bounds the size: on 2 idle cores a run costs about 8 s of CPU.
 """
@@ -40,6 +41,7 @@ def _assert_each_scan_ended_once(report: BurstReport) -> None:
     kinds = plan_uploads(SCANS, MIX_BAD)
     refused = kinds.count("empty")
     good = kinds.count("good")
+    missing = kinds.count("missing")  # not_found: failed (the integration's), not rejected
     assert set(kinds) - {"good"} == set(BAD_KINDS)  # every kind of bad upload was tried
     assert report.deliveries == 2 * SCANS
     assert report.dead_lettered == 0, report.lines()
@@ -51,8 +53,8 @@ def _assert_each_scan_ended_once(report: BurstReport) -> None:
     assert report.duplicates == 0, report.lines()
     assert report.unexpected == 0, report.notes
     assert report.completed == good
-    assert report.rejected == SCANS - good - refused
-    assert report.failed == 0 and report.cancelled == 0
+    assert report.rejected == SCANS - good - refused - missing
+    assert report.failed == missing and report.cancelled == 0
 
 
 def test_burst_on_sqlite_ends_every_scan_once(
