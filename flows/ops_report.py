@@ -12,24 +12,17 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar, cast
+from typing import Any
 
 import httpx
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.utilities.annotations import opaque
 
 from scanflow.notify.senders import FAST, USER_AGENT, post_with_retries, resolve_targets
 from scanflow.settings import Settings
 from scanflow.storage import join, store_for
 from tasks.ops_report import chart_markdown, collect_timelines, summarize
-from tasks.reconcile import read_window
-
-T = TypeVar("T")
-
-
-def _opaque(value: T) -> T:
-    return cast(T, opaque(value))
+from tasks.reconcile import read_window, unwalked
 
 
 @flow(name="ops-report", persist_result=False)
@@ -41,7 +34,7 @@ def ops_report(since: datetime | None = None, until: datetime | None = None) -> 
     runs = [r for r in read_window("process-scan", start) if r.created is None or r.created < end]
     report = {
         "window": {"since": start.isoformat(), "until": end.isoformat()},
-        **summarize(collect_timelines(_opaque(runs), settings.results_root)),
+        **summarize(collect_timelines(unwalked(runs), settings.results_root)),
     }
     _artifacts(report)
     stamp = end.strftime("%Y%m%dT%H%M%SZ")

@@ -20,11 +20,10 @@ from __future__ import annotations
 import json
 from collections import Counter
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar, cast
+from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
-from prefect.utilities.annotations import opaque
 
 from scanflow.settings import Settings
 from scanflow.storage import join, store_for
@@ -37,16 +36,10 @@ from tasks.reconcile import (
     read_runs,
     resend_outcomes,
     submit_missing,
+    unwalked,
 )
 
 PROCESS_SCAN = "process-scan"
-T = TypeVar("T")
-
-
-def _opaque(value: T) -> T:
-    """A task argument Prefect does not walk into (runs hold states it would take for
-    upstream dependencies, and 10,000 of them take seconds to walk)."""
-    return cast(T, opaque(value))
 
 
 LEDGER_KEY = "reconcile-ledger"
@@ -83,12 +76,12 @@ def reconcile(
         scans = list_uploads(settings.uploads_uri, start, end)
         uploads = len(scans)
         missing = [s for s in scans if s.upload.idempotency_key not in by_key]
-        gaps += submit_missing(_opaque(missing), settings.deployment, dry_run, budget)
+        gaps += submit_missing(unwalked(missing), settings.deployment, dry_run, budget)
         budget -= sum(g.healed for g in gaps)
     else:
         log.info("no uploads_uri set: runs and outcomes only")
     outcome_gaps = check_outcomes(
-        _opaque(runs),
+        unwalked(runs),
         settings.results_root,
         started,
         settings.reconcile_settle_s,
@@ -96,7 +89,7 @@ def reconcile(
     )
     unacknowledged = [g for g in outcome_gaps if g.kind == "unacknowledged"]
     if not dry_run and unacknowledged and budget > 0:
-        resend_outcomes(_opaque(unacknowledged), _opaque(flow_run_ids(runs)), budget)
+        resend_outcomes(unwalked(unacknowledged), unwalked(flow_run_ids(runs)), budget)
     gaps += outcome_gaps
     ledger = _ledger(started, start, end, dry_run, uploads, runs, gaps)
     _publish(ledger, settings)
