@@ -183,8 +183,20 @@ class Doctor:
                 f"limit {pool.concurrency_limit} (repository: {spec.concurrency_limit})",
                 fix=apply,
             )
-            queues = {q.name: q.priority for q in await client.read_work_queues(name)}
+            live = await client.read_work_queues(name)
+            queues = {q.name: q.priority for q in live}
             wanted = {q.name: q.priority for q in spec.queues}
+            limits = {q.name: q.concurrency_limit for q in live}
+            for q in spec.queues:
+                if q.pool_share is not None and q.name in limits:
+                    self.report.add(
+                        "pool",
+                        f"{name} {q.name} queue limit",
+                        limits[q.name] == q.limit(spec.concurrency_limit),
+                        f"limit {limits[q.name]} (repository: "
+                        f"{q.limit(spec.concurrency_limit)}, leaving uploads a slot)",
+                        fix=apply,
+                    )
             order = [q for q in sorted(queues, key=lambda q: queues[q]) if q in wanted]
             in_order = order == sorted(wanted, key=lambda q: wanted[q])
             self.report.add(

@@ -118,10 +118,14 @@ async def apply_pool(
                     description=queue.description,
                     work_pool_name=spec.name,
                     priority=queue.priority,
+                    concurrency_limit=queue.limit(spec.concurrency_limit),
                 )
             else:
                 await client.update_work_queue(
-                    existing.id, priority=queue.priority, description=queue.description
+                    existing.id,
+                    priority=queue.priority,
+                    description=queue.description,
+                    concurrency_limit=queue.limit(spec.concurrency_limit),
                 )
     return {
         "pool": spec.name,

@@ -19,7 +19,9 @@ Four pools; ``prefect.yaml`` has the deployments on them:
 
 The scan pools get the same work queues and a pool-level concurrency limit: the server
 hands a freed slot to the highest-priority queue that has a run waiting (lower number
-first), so fresh uploads go before re-runs and backfills. (A deployment's own concurrency
+first), so fresh uploads go before re-runs and backfills; and the backfill queue may hold
+at most three quarters of the slots, so an upload that arrives during a backfill of
+thousands of scans starts at once instead of at the next freed slot. (A deployment's own concurrency
 limit does not order anything: with ``ENQUEUE`` a refused run retries 30 s later and the
 slot goes to whoever asks first; docs/production.md has the measurement.)
 
@@ -50,6 +52,14 @@ class QueueSpec:
     name: str
     priority: int
     description: str
+    # At most this share of the pool's slots (rounded down, at least 1): a queue that may
+    # not fill the pool leaves the queues above it a slot free at all times.
+    pool_share: float | None = None
+
+    def limit(self, pool_limit: int | None) -> int | None:
+        if self.pool_share is None or pool_limit is None:
+            return None
+        return max(1, int(pool_limit * self.pool_share))
 
 
 @dataclass(frozen=True)
@@ -85,7 +95,12 @@ class PoolSpec:
 QUEUES = (
     QueueSpec("uploads", 1, "Fresh uploads from the S3 trigger: served first."),
     QueueSpec("reruns", 2, "Re-processing requested by a person (a new model, a bug fix)."),
-    QueueSpec("backfill", 3, "Bulk re-processing of old scans: served last."),
+    QueueSpec(
+        "backfill",
+        3,
+        "Bulk re-processing of old scans and shadow runs: served last, never in every slot.",
+        pool_share=0.75,
+    ),
 )
 NOTIFY_QUEUES = (QueueSpec("default", 1, "Outcome deliveries (notify-outcome)."),)
 

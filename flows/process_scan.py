@@ -1,7 +1,9 @@
 """process-scan: one scan video in, a manifest of insights for the doctor out.
 
-load_model ∥ (download_scan → extract_frames) → run_inference → render_summary
-→ compute_tracking → publish_manifest. Decoding is the floor, so it starts at once: the
+load_model ∥ (download_scan → [archive_previous] → extract_frames) → run_inference →
+render_summary → compute_tracking → publish_manifest. A scan processed again (a backfill, a
+re-run) first archives its previous result (tasks/versions.py) and restores it if this run
+fails. Decoding is the floor, so it starts at once: the
 model loads beside it (load_model is submitted; importing torch and loading the weights take
 ~1.5 s on 2 cores), extract_frames runs the model on each kept frame as soon as it is
 loaded, and run_inference stores and summarises what it found. A bad model fails the run
@@ -43,6 +45,7 @@ from tasks.inference import load_model, run_inference
 from tasks.manifest import artifact_key, publish_manifest
 from tasks.summary import render_summary
 from tasks.tracking import compute_tracking
+from tasks.versions import PreviousResult, archive_previous, restore_previous
 
 ScanId = Annotated[str, Field(pattern=ID_PATTERN, description="The scan's id.")]
 PatientId = Annotated[str, Field(pattern=ID_PATTERN, description="Pseudonymous patient id.")]
@@ -99,6 +102,7 @@ def process_scan(
     work = settings.scratch_dir / f"{scan_id}-{int(time.time() * 1000)}"
     work.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
+    previous: PreviousResult | None = None
     with _untagged_tasks():
         try:
             loading = _load_model_beside(options, str(settings.models_dir), timings)
@@ -111,6 +115,7 @@ def process_scan(
                     patient_id=patient_id,
                     input_roots=settings.allowed_input_roots,
                 )
+            previous = _archive_previous(scan_uri, timings)
             with _timed(timings, "extract_frames"):
                 frames = extract_frames(
                     video.local_path,
@@ -144,6 +149,7 @@ def process_scan(
                     previous_scan_ids,
                     frames,
                     inference,
+                    scanned_at=previous.scanned_at if previous else started,
                 )
             manifest = Manifest.from_stages(
                 scan_id=scan_id,
@@ -151,6 +157,8 @@ def process_scan(
                 flow_run_id=str(runtime.flow_run.id) if runtime.flow_run.id else None,
                 code_version=settings.resolved_code_version(),
                 started_at=started,
+                scanned_at=previous.scanned_at if previous else started,
+                previous_versions=previous.previous_versions if previous else [],
                 source_uri=video_uri,
                 timings=timings,
                 frames=frames,
@@ -160,10 +168,10 @@ def process_scan(
             )
             return publish_manifest(manifest, scan_uri)
         except RejectedScan as exc:
-            _report_failure(scan_id, exc)
+            _report_failure(scan_id, exc, scan_uri, previous)
             return Failed(name=REJECTED_STATE, message=str(exc), data=exc)
         except ScanError as exc:
-            _report_failure(scan_id, exc)
+            _report_failure(scan_id, exc, scan_uri, previous)
             raise
         finally:
             shutil.rmtree(work, ignore_errors=True)
@@ -181,8 +189,27 @@ def _load_model_beside(
     return loading
 
 
-def _report_failure(scan_id: str, exc: ScanError) -> None:
-    """One log line (the rejection's carries the guidance) and the run's summary artifact."""
+def _archive_previous(scan_uri: str, timings: dict[str, float]) -> PreviousResult | None:
+    start = time.perf_counter()
+    previous = archive_previous(scan_uri)
+    if previous is not None:  # only a scan processed again pays for it
+        timings["archive_previous"] = round(time.perf_counter() - start, 4)
+        get_run_logger().info(
+            "processed before (model %s, code %s): that result is kept in %s",
+            previous.model_sha256[:12],
+            previous.code_version,
+            previous.version_uri,
+        )
+    return previous
+
+
+def _report_failure(
+    scan_id: str, exc: ScanError, scan_uri: str, previous: PreviousResult | None
+) -> None:
+    """One log line (the rejection's carries the guidance), the run's summary artifact, and
+    the previous result put back when this was a re-processing."""
+    if previous is not None:
+        restore_previous(scan_uri, previous)
     if isinstance(exc, RejectedScan):
         get_run_logger().warning(rejection_line(scan_id, exc))
         verdict = "rejected: the patient should re-scan"

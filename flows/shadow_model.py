@@ -1,7 +1,9 @@
 """shadow-model: a candidate view classifier over scans production already processed, before
 it is trusted. From each scan's stored kept frames (no decoding), the candidate's views are
 written beside production's (``<scan>/shadow/<sha>/views.json``, never over them) and
-compared: view agreement, views newly missing or found, time per scan. The report (a table
+compared: view agreement, views newly missing or found, tracking verdicts changed (a view
+compared with the previous scan that the candidate would call changed when production did
+not, or the other way), time per scan. The report (a table
 artifact and ``<results>/_shadow/<sha256>.json``) carries the gate's verdict, which
 ``scanflow model promote`` checks. ``scanflow model shadow URI [--last N | --since T]``.
 """
@@ -40,6 +42,7 @@ def shadow_model(
         "finished_at": datetime.now(UTC).isoformat(),
         "scans": results,
         "frames": sum(r["frames"] for r in results),
+        "tracking_verdicts_changed": sum(len(r["tracking_changed"]) for r in results),
         "seconds_per_scan": round(sum(r["seconds"] for r in results) / len(results), 3)
         if results
         else None,
@@ -54,6 +57,11 @@ def shadow_model(
                 "agreement": r["agreement"],
                 "views lost": ", ".join(r["views_lost"]) or "-",
                 "views found": ", ".join(r["views_found"]) or "-",
+                "tracking changed": ", ".join(
+                    f"{t['view']}: {t['production']} -> {t['candidate']}"
+                    for t in r["tracking_changed"]
+                )
+                or "-",
                 "seconds": r["seconds"],
             }
             for r in results

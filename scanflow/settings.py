@@ -145,6 +145,14 @@ class Settings(BaseSettings):
         description="No heartbeat nor state change for this long marks a run Crashed "
         "(heartbeats every 30 s, prefect.yaml).",
     )
+    backfill_queue: str = Field(
+        "backfill",
+        description="Work queue of backfill and shadow runs: served after uploads, with a "
+        "concurrency limit that leaves uploads a slot (the local pool's: pool_concurrency-1).",
+    )
+    backfill_patients: int = Field(
+        2, ge=1, le=64, description="Patients a backfill re-processes at once (each in order)."
+    )
     shadow_min_agreement: float = Field(
         0.9,
         ge=0,

@@ -30,6 +30,7 @@ class Store(Protocol):
     def download(self, uri: str, dest: Path) -> Path: ...
     def exists(self, uri: str) -> bool: ...
     def list_dirs(self, uri: str) -> list[str]: ...
+    def list_files(self, uri: str) -> list[str]: ...
     def size(self, uri: str) -> int: ...
 
 
@@ -107,6 +108,17 @@ class FileStore:
         if not base.is_dir():
             return []
         return sorted(join(uri, p.name) for p in base.iterdir() if p.is_dir())
+
+    def list_files(self, uri: str) -> list[str]:
+        """Every file under ``uri``, at any depth (not the ``.name.`` files being written)."""
+        base = self.path(uri)
+        if not base.is_dir():
+            return []
+        return sorted(
+            join(uri, *p.relative_to(base).parts)
+            for p in base.rglob("*")
+            if p.is_file() and not p.name.startswith(".")
+        )
 
     def size(self, uri: str) -> int:
         with _storage_errors(uri):
@@ -237,6 +249,10 @@ class S3Store:
             if not page.get("IsTruncated"):
                 return sorted(out)
             token = {"ContinuationToken": page["NextContinuationToken"]}
+
+    def list_files(self, uri: str) -> list[str]:
+        bucket, _ = self.split(uri)
+        return sorted(f"s3://{bucket}/{o['Key']}" for o in self.list_objects(uri.rstrip("/") + "/"))
 
     def size(self, uri: str) -> int:
         bucket, key = self.split(uri)

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
 
 from prefect import get_run_logger, task
 
-from cv.images import decode_jpeg, encode_jpeg, encode_png
+from cv.images import RGB, decode_jpeg, encode_jpeg, encode_png
 from cv.synthetic import VIEWS
 from cv.tracking.registration import best_frame_per_view, register, render_change_map
 from cv.tracking.trend import render_trend
@@ -33,7 +34,8 @@ _COMPARED_FIGURES = ("usable_fraction", "time_coverage", "median_sharpness")
 
 
 def completed_scans(results_root: str, patient_id: str) -> list[Manifest]:
-    """The patient's completed scans in the results store, oldest first.
+    """The patient's completed scans in the results store, oldest first (by when they were
+    scanned: a scan processed again keeps its place).
 
     A scan counts once its manifest exists (it is written last), so a scan still being
     processed, or one that failed half-way, is never taken as history. Nothing else is
@@ -46,7 +48,7 @@ def completed_scans(results_root: str, patient_id: str) -> list[Manifest]:
         uri = join(scan_dir, MANIFEST_NAME)
         if store.exists(uri):
             out.append(read_manifest(uri))
-    return sorted(out, key=lambda m: m.completed_at)
+    return sorted(out, key=lambda m: m.scanned)
 
 
 def _view_frames(frames: FramesResult, inference: InferenceResult) -> list[ViewFrame]:
@@ -74,13 +76,25 @@ def _finite(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def _compare(
+def frame_loader(frames: FramesResult) -> Callable[[ViewFrame], RGB]:
+    """A view frame's pixels from this run's kept frames (their local copies)."""
+    return lambda v: load_frame(frames.kept[v.kept_index])
+
+
+def stored_frame(v: ViewFrame) -> RGB:
+    """A view frame's pixels from the results store."""
+    return decode_jpeg(store_for(v.uri).get_bytes(v.uri))
+
+
+def compare_view(
     view: str,
     current: ViewFrame | None,
     previous: ViewFrame | None,
-    frames: FramesResult,
+    current_pixels: Callable[[ViewFrame], RGB],
     scan_uri: str,
 ) -> ViewChange:
+    """One view of this scan against the previous scan's; the change map goes under
+    ``scan_uri``/tracking/."""
     if current is None or previous is None:
         status = "missing_now" if current is None else "missing_before"
         return ViewChange(
@@ -89,8 +103,8 @@ def _compare(
             current_frame=current.uri if current else None,
             previous_frame=previous.uri if previous else None,
         )
-    cur = load_frame(frames.kept[current.kept_index])
-    prev = decode_jpeg(store_for(previous.uri).get_bytes(previous.uri))
+    cur = current_pixels(current)
+    prev = stored_frame(previous)
     reg, change_map = register(cur, prev)
     map_uri = None
     if change_map is not None:
@@ -114,6 +128,7 @@ def _trend(history: list[Manifest], now: TrendPoint, scan_uri: str) -> Trend:
         TrendPoint(
             scan_id=m.scan_id,
             completed_at=m.completed_at,
+            scanned_at=m.scanned,
             usable_fraction=m.quality.usable_fraction,
             time_coverage=m.quality.time_coverage,
             views=len(m.view_frames),
@@ -127,7 +142,7 @@ def _trend(history: list[Manifest], now: TrendPoint, scan_uri: str) -> Trend:
             "time coverage (share)": [p.time_coverage for p in points],
             f"views seen (of {len(VIEWS)})": [p.views / len(VIEWS) for p in points],
         },
-        [p.completed_at.strftime("%Y-%m-%d") for p in points],
+        [(p.scanned_at or p.completed_at).strftime("%Y-%m-%d") for p in points],
     )
     json_uri, plot_uri = join(scan_uri, "trend.json"), join(scan_uri, "trend.png")
     store = store_for(scan_uri)
@@ -149,11 +164,21 @@ def compute_tracking(
     previous_scan_ids: list[str] | None,
     frames: FramesResult,
     inference: InferenceResult,
+    scanned_at: datetime | None = None,
 ) -> TrackingResult:
-    """Compare each view with the previous scan; write tracking.json, change maps, trend."""
+    """Compare each view with the previous scan; write tracking.json, change maps, trend.
+
+    The history is the patient's scans made before this one (``scanned_at``, now for a new
+    upload): a scan processed again is compared with the scan before it, not a later one.
+    """
     logger = get_run_logger()
+    scanned_at = scanned_at or datetime.now(UTC)
     view_frames = _view_frames(frames, inference)
-    history = [m for m in completed_scans(results_root, patient_id) if m.scan_id != scan_id]
+    history = [
+        m
+        for m in completed_scans(results_root, patient_id)
+        if m.scan_id != scan_id and m.scanned < scanned_at
+    ]
     # previous_scan_ids pins what this scan is compared with; the trend is every scan's
     compared = [m for m in history if not previous_scan_ids or m.scan_id in previous_scan_ids]
     previous = compared[-1] if compared else None
@@ -165,7 +190,7 @@ def compute_tracking(
         cur = {v.view: v for v in view_frames}
         prev = {v.view: v for v in previous.view_frames}
         changes = [
-            _compare(view, cur.get(view), prev.get(view), frames, scan_uri)
+            compare_view(view, cur.get(view), prev.get(view), frame_loader(frames), scan_uri)
             for view in sorted(cur.keys() | prev.keys())
         ]
         summary = TrackingSummary(
@@ -192,6 +217,7 @@ def compute_tracking(
     now = TrendPoint(
         scan_id=scan_id,
         completed_at=datetime.now(UTC),
+        scanned_at=scanned_at,
         usable_fraction=frames.quality.usable_fraction,
         time_coverage=frames.quality.time_coverage,
         views=len(view_frames),

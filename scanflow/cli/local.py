@@ -188,6 +188,43 @@ def cmd_reconcile(args: argparse.Namespace, settings: Settings, stack: LocalStac
     return 1 if left else 0
 
 
+def cmd_backfill(args: argparse.Namespace, settings: Settings, stack: LocalStack) -> int:
+    """The backfill flow, here, driving runs on the backfill queue; exit 1 when a scan was
+    not completed (started again, it resumes)."""
+    from flows.backfill import backfill
+    from scanflow.models.registry import REPO_MODELS, resolve_model
+
+    model = None
+    if args.model:
+        registry = to_uri(settings.model_registry_uri or str(REPO_MODELS))
+        try:
+            model = resolve_model(to_uri(args.model) if "@" not in args.model else args.model,
+                                  registry, settings.models_dir)  # fmt: skip
+        except ValueError as exc:
+            print(f"scanflow backfill: {exc}", file=sys.stderr)
+            return 2
+    if is_local_api(settings):
+        stack.up()  # the worker serves the backfill queue
+    no_heartbeats = temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
+    with tags("scanflow", "cli"), no_heartbeats:
+        report = backfill(
+            model=model, since=args.since, patient_id=args.patient, timeout_s=args.timeout
+        )
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        for r in report["runs"]:
+            print(f"{r['patient_id']}/{r['scan_id']:24s} {r['state']:12s} {r['seconds']:7.1f} s")
+        m = report["model"]
+        print(
+            f"model {m['name']} {m['version']} ({report['why']}), code {report['code_version']}: "
+            f"{report['selected']} selected, {report['skipped']} already done, "
+            f"{report['processed']} processed, {report['not_completed']} not completed"
+        )
+        print(f"report: {report['report']}")
+    return 1 if report["not_completed"] else 0
+
+
 def cmd_ops_report(args: argparse.Namespace, settings: Settings, stack: LocalStack) -> int:
     """The operations report, here and now."""
     from flows.ops_report import digest_text, ops_report

@@ -259,9 +259,11 @@ def _shadow(args: argparse.Namespace, settings: Settings, stack: LocalStack) -> 
         for s in report["scans"]:
             lost = ", ".join(s["views_lost"]) or "-"
             found = ", ".join(s["views_found"]) or "-"
+            tracking = ", ".join(t["view"] for t in s["tracking_changed"]) or "-"
             print(
                 f"{s['scan'].rstrip('/').rsplit('/', 1)[-1]:24s} agreement {s['agreement']:6.1%}"
-                f"  lost {lost:20s} found {found:20s} {s['seconds']:.1f} s"
+                f"  lost {lost:20s} found {found:20s} tracking changed {tracking:20s}"
+                f" {s['seconds']:.1f} s"
             )
         gate = report["gate"]
         print(f"gate: {'passed' if gate['passed'] else 'FAILED'}: {gate['why']}")

@@ -26,6 +26,7 @@ Turns patients' home video scans of their teeth into insights for their orthodon
     scanflow sample  PATH [--seconds N] [--width W --height H]
     scanflow reconcile [--since T] [--until T] [--dry-run] [--json]
     scanflow ops-report [--since T] [--until T] [--json]
+    scanflow backfill [--since T] [--patient P] [--model NAME@VERSION|URI] [--json]
     scanflow model dataset|train|publish|evaluate|shadow|promote|rollback|list ...
     scanflow pools apply [NAME] [--replace-template] [--credential-secret-arn ARN]
     scanflow pools templates
@@ -108,6 +109,16 @@ def _local(sub: Subparsers) -> None:
     o.add_argument("--since", type=when, default=None, help="default: 24 h before --until")
     o.add_argument("--until", type=when, default=None, help="default: now")
     o.add_argument("--json", action="store_true", help="print the report as JSON")
+    b = _command(sub, "local", "backfill", help="past scans processed again on the backfill queue")
+    b.add_argument("--since", type=when, default=None, help="scans scanned since: ISO time or 30d")
+    b.add_argument("--patient", default=None, help="only this patient's scans")
+    b.add_argument(
+        "--model",
+        default=None,
+        help="NAME@VERSION in the registry, or a package URI; default: production's",
+    )
+    b.add_argument("--timeout", type=float, default=3600, help="seconds to wait for one scan")
+    b.add_argument("--json", action="store_true", help="print the ledger as JSON")
     s = _command(sub, "local", "sample", help="write a synthetic scan video")
     s.add_argument("path")
     s.add_argument("--seconds", type=float, default=20.0)

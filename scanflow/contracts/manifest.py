@@ -24,7 +24,7 @@ from scanflow.contracts.stages import (
 )
 from scanflow.storage import join, store_for
 
-SCHEMA_VERSION = "1.1"  # 1.1: views, artifacts.views, model package fields
+SCHEMA_VERSION = "1.2"  # 1.1: views, artifacts.views, model package fields; 1.2: versions
 MANIFEST_NAME = "manifest.json"
 
 
@@ -51,6 +51,16 @@ class Manifest(BaseModel):
     code_version: str
     started_at: datetime
     completed_at: datetime
+    scanned_at: datetime | None = Field(
+        None,
+        description="When the scan was first processed: kept when it is processed again, it "
+        "orders the patient's scans (absent before schema 1.2: started_at).",
+    )
+    previous_versions: list[str] = Field(
+        default_factory=list,
+        description="Manifests of earlier processings of this scan (a backfill, a re-run), "
+        "oldest first, each under <scan>/versions/ with the files it names.",
+    )
     source_uri: str
     video: VideoSummary
     quality: ScanQuality
@@ -69,6 +79,11 @@ class Manifest(BaseModel):
     tracking: TrackingSummary | None = None
     trend: Trend | None = None
 
+    @property
+    def scanned(self) -> datetime:
+        """The scan's place in the patient's history."""
+        return self.scanned_at or self.started_at
+
     @classmethod
     def from_stages(
         cls,
@@ -78,6 +93,8 @@ class Manifest(BaseModel):
         flow_run_id: str | None,
         code_version: str,
         started_at: datetime,
+        scanned_at: datetime,
+        previous_versions: list[str],
         source_uri: str,
         timings: dict[str, float],
         frames: FramesResult,
@@ -93,6 +110,8 @@ class Manifest(BaseModel):
             code_version=code_version,
             started_at=started_at,
             completed_at=datetime.now(UTC),
+            scanned_at=scanned_at,
+            previous_versions=previous_versions,
             source_uri=source_uri,
             video=frames.video,
             quality=frames.quality,

@@ -152,6 +152,7 @@ class TrackingSummary(BaseModel):
 class TrendPoint(BaseModel):
     scan_id: str
     completed_at: datetime
+    scanned_at: datetime | None = Field(None, description="The scan's place in the history.")
     usable_fraction: float
     time_coverage: float
     views: int = Field(description="Standard views seen with a usable frame.")

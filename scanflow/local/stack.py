@@ -180,7 +180,15 @@ class LocalStack:
 
     # -- pool, deployment, worker ------------------------------------------------------
     def ensure_pool(self) -> None:
-        asyncio.run(_ensure_process_pool(self.settings.work_pool, self.settings.pool_concurrency))
+        asyncio.run(
+            _ensure_process_pool(
+                self.settings.work_pool,
+                self.settings.pool_concurrency,
+                # Backfills and shadow runs: after the default queue's uploads, and never
+                # in every slot, so an upload that arrives while they run starts at once.
+                backfill=(self.settings.backfill_queue, max(1, self.settings.pool_concurrency - 1)),
+            )
+        )
         asyncio.run(_ensure_process_pool(self.settings.notify_pool, 4))
 
     def deploy(self) -> bool:
@@ -265,7 +273,9 @@ class LocalStack:
         }
 
 
-async def _ensure_process_pool(name: str, concurrency: int) -> None:
+async def _ensure_process_pool(
+    name: str, concurrency: int, backfill: tuple[str, int] | None = None
+) -> None:
     # Imported here, as the database drivers below: `scanflow process` runs the flow in the
     # process that imports this module, and these cost it ~15 MiB of peak RSS it never uses.
     from prefect.workers.process import ProcessWorker
@@ -280,6 +290,12 @@ async def _ensure_process_pool(name: str, concurrency: int) -> None:
                     base_job_template=ProcessWorker.get_default_base_job_template(),
                 )
             )
+        if backfill is not None:
+            queue, limit = backfill
+            with contextlib.suppress(ObjectAlreadyExists):
+                await client.create_work_queue(
+                    name=queue, work_pool_name=name, priority=2, concurrency_limit=limit
+                )
 
 
 async def _deployment_exists(name: str) -> bool:

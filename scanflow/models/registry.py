@@ -391,3 +391,14 @@ def _current_sha256(uri: str) -> str:
         except ScanError as exc:
             raise ProcessingError(Reason.MODEL_ERROR, f"model {uri}: {exc.message}") from exc
         return sha256_file(local)
+
+
+def resolve_model(spec: str, registry_uri: str, cache_dir: Path) -> ModelRef:
+    """``NAME@VERSION`` published in the registry, or a package's URI (verified by hash)."""
+    if "@" in spec and "://" not in spec:
+        name, version = spec.split("@", 1)
+        for entry in list_models(registry_uri):
+            if (entry.name, entry.version) == (name, version):
+                return entry.ref()
+        raise ValueError(f"{name} {version} is not published in {registry_uri}")
+    return describe(spec, cache_dir).ref()

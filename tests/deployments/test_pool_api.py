@@ -61,6 +61,11 @@ async def _read(name: str) -> tuple[Any, list[tuple[str, int, str | None]]]:
     return pool, [(n, p, d) for p, n, d in order]
 
 
+async def _limits(name: str) -> dict[str, int | None]:
+    async with get_client() as client:
+        return {q.name: q.concurrency_limit for q in await client.read_work_queues(name)}
+
+
 async def _create(name: str, kind: str, template: dict[str, Any]) -> None:
     async with get_client() as client:
         await client.create_work_pool(
@@ -91,6 +96,8 @@ def test_a_new_gpu_pool_gets_the_repositorys_template_queues_and_limit(
     assert pool.description == work_pools.POOLS["scanflow-gpu"].description
     # in priority order; the server's own "default" queue is served after them
     assert [(n, p) for n, p, _ in queues[:3]] == [("uploads", 1), ("reruns", 2), ("backfill", 3)]
+    limits = asyncio.run(_limits(name))
+    assert limits["backfill"] == 6 and limits["uploads"] is None  # 3/4 of 8: uploads keep 2
     assert queues[0][2] == "Fresh uploads from the S3 trigger: served first."
 
     again = asyncio.run(apply_pool(name, cloud=False))

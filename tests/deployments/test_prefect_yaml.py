@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from deployments.prefect_yaml import deployment_config, deployments, flow_name, required_env
+from deployments.work_pools import POOLS
 
 
 def _repo(tmp_path: Path, text: str) -> Path:
@@ -20,6 +21,9 @@ def _repo(tmp_path: Path, text: str) -> Path:
 def test_the_repository_declares_its_deployments_by_name() -> None:
     declared = deployments()
     assert sorted(declared) == [
+        "backfill",
+        "backfill-cloud",
+        "backfill-ecs",
         "ecs-cpu",
         "ecs-gpu",
         "local",
@@ -32,6 +36,7 @@ def test_the_repository_declares_its_deployments_by_name() -> None:
         "reconcile",
         "reconcile-cloud",
         "reconcile-ecs",
+        "shadow-gpu",
         "train-gpu",
     ]
     assert declared["ecs-gpu"]["work_pool"]["name"] == "scanflow-gpu"
@@ -94,6 +99,21 @@ def test_every_reconcile_deployment_runs_every_15_minutes_one_pass_at_a_time() -
         assert config["work_pool"]["name"] in ("notify", "scanflow-notify-push", "scanflow-notify")
 
 
+def test_backfill_and_shadow_runs_take_the_backfill_queue() -> None:
+    """Shadow runs wait behind uploads on the GPU pool's backfill queue; a backfill's
+    process-scan runs go to the backfill queue of the pool SCANFLOW_DEPLOYMENT names."""
+    from scanflow.settings import Settings
+
+    assert deployment_config("shadow-gpu")["work_pool"]["work_queue_name"] == "backfill"
+    assert Settings().backfill_queue == "backfill"
+    pools = {"process-scan/ecs-cpu": "scanflow-cpu", "process-scan/ecs-gpu": "scanflow-gpu"}
+    for name in ("backfill-cloud", "backfill-ecs"):
+        target = deployment_config(name)["work_pool"]["job_variables"]["env"]["SCANFLOW_DEPLOYMENT"]
+        ecs = deployment_config(target.split("/", 1)[1])
+        assert ecs["work_pool"]["name"] == pools[target]
+        assert "backfill" in [q.name for q in POOLS[pools[target]].queues]
+
+
 def test_flow_name_comes_from_the_entrypoint_in_either_form() -> None:
     declared = deployments()
     assert {name: flow_name(d) for name, d in declared.items()} == {
@@ -110,6 +130,10 @@ def test_flow_name_comes_from_the_entrypoint_in_either_form() -> None:
         "ops-report-cloud": "ops-report",
         "ops-report-ecs": "ops-report",
         "train-gpu": "train-view-model",
+        "shadow-gpu": "shadow-model",
+        "backfill": "backfill",
+        "backfill-cloud": "backfill",
+        "backfill-ecs": "backfill",
     }
     assert flow_name({"entrypoint": "flows/notify_outcome.py:notify_outcome"}) == "notify-outcome"
     assert flow_name({"entrypoint": "flows.process_scan.process_scan"}) == "process-scan"

@@ -57,12 +57,22 @@ def test_shadow_runs_beside_production_and_gates_promotion(
     same = json.loads(capsys.readouterr().out)
     assert [s["scan"].rsplit("/", 1)[-1] for s in same["scans"]] == ["sh-2", "sh-1"]
     assert all(s["agreement"] == 1.0 and not s["views_lost"] for s in same["scans"])
+    # the same views choose the same frames: tracking unchanged, nothing registered again
+    assert [s["tracking_compared_with"] for s in same["scans"]] == ["sh-1", None]
+    assert same["tracking_verdicts_changed"] == 0
     assert same["gate"]["passed"] and same["seconds_per_scan"] > 0
 
     worse = make_package("shuffled-shadow", _shuffle)
     assert main(["model", "shadow", str(worse)]) == 1  # fails the gate
     printed = capsys.readouterr().out
-    assert "gate: FAILED" in printed and "agreement" in printed
+    assert "gate: FAILED" in printed and "tracking changed" in printed
+    sha = hashlib.sha256(worse.read_bytes()).hexdigest()
+    shuffled = json.loads((results_dir / "_shadow" / f"{sha}.json").read_text())
+    # views renamed: the second scan's views now rest on other frames (or none), and its
+    # verdicts against the first scan are not production's
+    assert shuffled["tracking_verdicts_changed"] > 0
+    changed = shuffled["scans"][0]["tracking_changed"]
+    assert changed and all(c["production"] != c["candidate"] for c in changed)
     after = _files(results_dir)
     changed = {p for p in before if after.get(p) != before[p]}
     assert not changed, changed  # production's files untouched

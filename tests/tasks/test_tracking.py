@@ -37,7 +37,7 @@ from scanflow.contracts.stages import (
 )
 from scanflow.storage import FileStore, join
 from tasks.frames import extract_frames, load_frame
-from tasks.tracking import _compare, completed_scans, compute_tracking
+from tasks.tracking import compare_view, completed_scans, compute_tracking, frame_loader
 from tests.support.manifests import sample_manifest
 
 PATIENT = "pt-1"
@@ -100,6 +100,8 @@ def _publish(
         flow_run_id=None,
         code_version="test",
         started_at=at - timedelta(seconds=5),
+        scanned_at=at - timedelta(seconds=5),
+        previous_versions=[],
         source_uri=f"file:///uploads/{scan_id}.mp4",
         timings={},
         frames=frames,
@@ -264,6 +266,36 @@ def test_previous_scan_ids_pin_the_scan_compared_with(
     assert [p.scan_id for p in nothing.trend.scans] == ["old", "new", "current"]
 
 
+def test_a_scan_processed_again_keeps_its_place_in_the_history(
+    good_scan: SyntheticScan, later_scan: SyntheticScan, tmp_path: Path
+) -> None:
+    """A backfill re-processes the patient's first scan after a later one exists: it is
+    compared with nothing later, and its manifest (completed now) still sorts first."""
+    root = tmp_path / "results"
+    now = datetime.now(UTC)
+    first = _stages(good_scan, root, "first", tmp_path / "work")
+    _publish(root, "first", first, _track(root, "first", first), now - timedelta(days=2))
+    later = _stages(later_scan, root, "later", tmp_path / "work")
+    _publish(root, "later", later, _track(root, "later", later), now - timedelta(days=1))
+    scanned = completed_scans(root.as_uri(), PATIENT)[0].scanned
+    frames, inference = first
+    with disable_run_logger():
+        again = compute_tracking.fn(
+            PATIENT, "first", root.as_uri(), join(root.as_uri(), PATIENT, "first"), None,
+            frames, inference, scanned_at=scanned,
+        )  # fmt: skip
+    assert again.summary is None  # not compared with the later scan
+    assert [p.scan_id for p in again.trend.scans] == ["first"]
+    redone = _publish(root, "first", first, again, now).model_copy(update={"scanned_at": scanned})
+    FileStore().put_bytes(
+        manifest_uri(join(root.as_uri(), PATIENT, "first")), redone.model_dump_json().encode()
+    )
+    assert [m.scan_id for m in completed_scans(root.as_uri(), PATIENT)] == ["first", "later"]
+    newest = _track(root, "newest", later)
+    assert newest.summary is not None and newest.summary.previous_scan_id == "later"
+    assert [p.scan_id for p in newest.trend.scans] == ["first", "later", "newest"]
+
+
 # -- completed_scans ------------------------------------------------------------------------
 
 
@@ -315,7 +347,7 @@ def test_every_registration_figure_the_manifest_declares_is_copied(
         sharpness=frames.kept[kept].sharpness,
     )
     scan_uri = join(root.as_uri(), PATIENT, "compare")
-    change = _compare("front", current, previous, frames, scan_uri)
+    change = compare_view("front", current, previous, frame_loader(frames), scan_uri)
     reg, _ = register(
         load_frame(frames.kept[kept]), decode_jpeg(FileStore.path(previous.uri).read_bytes())
     )
@@ -336,7 +368,7 @@ def test_an_unmeasurable_reprojection_error_is_recorded_as_null(
     previous = ViewFrame(view="front", uri=blank.as_uri(), kept_index=0, time_s=0, sharpness=0)
     current = next(v for v in first.view_frames if v.view == "front")
     scan_uri = (tmp_path / "scan").as_uri()
-    change = _compare("front", current, previous, frames, scan_uri)
+    change = compare_view("front", current, previous, frame_loader(frames), scan_uri)
     assert change.status == "untrustworthy"
     assert change.reason and "features" in change.reason
     assert change.reprojection_px is None  # inf in the Registration; JSON has no inf
@@ -351,8 +383,8 @@ def test_a_view_one_scan_lacks_is_missing_without_registering(
     _, (frames, _), first, _ = history
     front = next(v for v in first.view_frames if v.view == "front")
     scan_uri = (tmp_path / "scan").as_uri()
-    lost = _compare("front", None, front, frames, scan_uri)
-    gained = _compare("front", front, None, frames, scan_uri)
+    lost = compare_view("front", None, front, frame_loader(frames), scan_uri)
+    gained = compare_view("front", front, None, frame_loader(frames), scan_uri)
     assert (lost.status, lost.current_frame, lost.previous_frame) == (
         "missing_now",
         None,

@@ -134,6 +134,8 @@ def _manifest(scan: str) -> Manifest:
         flow_run_id="0f0c0000-0000-0000-0000-000000000000",
         code_version="0.1.0+gtest",
         started_at=STARTED,
+        scanned_at=STARTED,
+        previous_versions=[],
         source_uri="s3://uploads/patients/pt-1/scans/scan-1.mp4",
         timings={"extract_frames": 1.5, "run_inference": 0.25},
         **_stages(scan)._asdict(),
@@ -175,7 +177,7 @@ def test_a_manifest_reads_back_whole_from_a_file_store(tmp_path: Path) -> None:
     assert isinstance(read.quality, ScanQuality) and read.quality.usable_frames == 71
     assert (
         json.loads((tmp_path / "results/pt-1/scan-1/manifest.json").read_text())["schema_version"]
-        == "1.1"
+        == "1.2"
     )
 
 
