@@ -23,7 +23,8 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from itertools import groupby
-from typing import Any
+from typing import Any, cast
+from uuid import UUID
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import (
@@ -48,9 +49,10 @@ class _Progress:
     def __init__(self, total: int, skipped: int) -> None:
         self.total, self.count = total, skipped
         self.lock = threading.Lock()
-        self.artifact = create_progress_artifact(
+        made = create_progress_artifact(
             self.percent(), key="backfill-progress", description="scans done, of those selected"
         )
+        self.artifact = cast(UUID, made)  # a UUID when called from sync code
 
     def percent(self) -> float:
         return round(100.0 * self.count / self.total, 1) if self.total else 100.0

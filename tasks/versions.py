@@ -10,7 +10,9 @@ Before the flow writes anything for a scan that already has a manifest, archive_
 copies the scan's files into a version folder (idempotent: a retried run finds it done);
 the new manifest lists it in ``previous_versions`` and keeps the scan's place in the
 patient's history (``scanned_at``). A re-processing that fails puts the previous files back
-(restore_previous), so the live manifest never names files another run wrote.
+(restore_previous), so the live manifest never names files another run wrote. (Files that
+run added and the previous result did not have stay, named by no manifest: the scan task
+roles may write results, not delete them.)
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ import pytest
 from prefect.client.orchestration import get_client
 
 from cv.images import decode_jpeg
-from cv.synthetic import SyntheticScan
+from cv.synthetic import ScanSpec, SyntheticScan, render_scan
 from flows.process_scan import process_scan
 from scanflow.contracts.manifest import Manifest
 from scanflow.settings import REPO_ROOT
@@ -169,3 +169,45 @@ def test_concurrent_scans_of_one_patient_keep_a_sound_history(
     assert sorted(p.scan_id for p in m.trend.scans[:2]) == ["c-0", "c-1"]
     assert m.trend.scans[-1].scan_id == "c-after"
     assert m.tracking is not None and m.tracking.previous_scan_id in {"c-0", "c-1"}
+
+
+def test_a_scan_processed_again_keeps_its_previous_result_and_gets_it_back_on_failure(
+    good_scan: SyntheticScan, results_dir: Path, tmp_path: Path
+) -> None:
+    scan = results_dir / "pt-again" / "again-1"
+    first = process_scan("again-1", "pt-again", good_scan.path.as_uri(), return_state=True)
+    assert first.is_completed(), first.message
+    one = Manifest.model_validate_json((scan / "manifest.json").read_text())
+    assert one.scanned_at == one.started_at and one.previous_versions == []
+
+    second = process_scan("again-1", "pt-again", good_scan.path.as_uri(), return_state=True)
+    assert second.is_completed(), second.message
+    two = Manifest.model_validate_json((scan / "manifest.json").read_text())
+    assert two.scanned_at == one.scanned_at and two.started_at > one.started_at
+    [kept] = two.previous_versions
+    archived = Manifest.model_validate_json(_path(kept).read_text())
+    assert archived.flow_run_id == one.flow_run_id and archived.completed_at == one.completed_at
+    folder = kept.rsplit("/", 1)[0]
+    assert archived.artifacts.summary_video == folder + "/summary.mp4"
+    assert _path(archived.artifacts.summary_video).is_file()
+    assert "archive_previous" in two.timings_s and "archive_previous" not in one.timings_s
+
+    # processed again from an upload that is gone: it fails before touching the scan
+    gone = (tmp_path / "deleted.mp4").as_uri()
+    third = process_scan("again-1", "pt-again", gone, return_state=True)
+    assert third.is_failed() and "[not_found]" in str(third.message)
+    assert len(list((scan / "versions").iterdir())) == 1
+    # ... and from a dark one: rejected after its frames were written over the scan's; the
+    # previous result is put back
+    frames = {p.name: p.read_bytes() for p in (scan / "frames").iterdir()}
+    dark = render_scan(
+        tmp_path / "dark.mp4", ScanSpec(duration_s=6.0, fps=15.0, seed=1, dark=frozenset(range(90)))
+    )
+    fourth = process_scan("again-1", "pt-again", dark.path.as_uri(), return_state=True)
+    assert fourth.is_failed() and fourth.name == "Rejected", fourth.message
+    assert Manifest.model_validate_json((scan / "manifest.json").read_text()) == two
+    after = {p.name: p.read_bytes() for p in (scan / "frames").iterdir()}
+    overwritten = {n for n in frames if n in after}
+    assert overwritten and {n: after[n] for n in frames} == frames  # every one put back
+    # (frames it added stay, named by no manifest: the scan roles may not delete objects)
+    assert len(list((scan / "versions").iterdir())) == 2  # it archived two first

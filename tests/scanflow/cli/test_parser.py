@@ -42,6 +42,7 @@ def test_every_command_names_a_handler_that_exists_in_its_group() -> None:
             "sample",
             "reconcile",
             "ops-report",
+            "backfill",
             "model",
             "pools",
             "deploy",
@@ -226,3 +227,17 @@ def test_a_point_in_time_is_iso_or_a_duration_ago() -> None:
         when("yesterday")
     args = _parse("reconcile --since 30m")
     assert timedelta(minutes=30) <= datetime.now(UTC) - args.since < timedelta(minutes=31)
+
+
+def test_backfill_takes_a_window_a_patient_and_a_model() -> None:
+    args = _parse("backfill --since 30d --patient pt-1 --model view-classifier@1.1.0 --json")
+    assert (args.group, args.handler, args.patient, args.model, args.json) == (
+        "local",
+        "backfill",
+        "pt-1",
+        "view-classifier@1.1.0",
+        True,
+    )
+    assert args.since is not None and args.timeout == 3600
+    plain = _parse("backfill")
+    assert (plain.since, plain.patient, plain.model) == (None, None, None)
