@@ -86,4 +86,19 @@ def test_shadow_runs_beside_production_and_gates_promotion(
     assert "FORCED" in capsys.readouterr().out
     promoted = Variable.get(PRODUCTION_VARIABLE)
     assert isinstance(promoted, dict) and "forced past the gate" in promoted["reason"]
-    Variable.unset(PRODUCTION_VARIABLE)
+    # production back to the shipped default by a rollback, then the candidate that passed
+    # the gate is promoted without --force, new runs use it, and a rollback undoes it
+    assert main(["model", "rollback", "--reason", "the forced one was worse"]) == 0
+    assert Variable.get(PRODUCTION_VARIABLE) is None
+    good = make_package("good-shadow", lambda folder: None)
+    assert main(["model", "shadow", str(good)]) == 0
+    capsys.readouterr()
+    assert main(["model", "promote", str(good), "--reason", "passed its shadow run"]) == 0
+    assert "FORCED" not in capsys.readouterr().out
+    state = process_scan("sh-3", "pt-shadow", later_scan.path.as_uri(), return_state=True)
+    assert state.is_completed(), state.message
+    used = json.loads((results_dir / "pt-shadow" / "sh-3" / "manifest.json").read_text())
+    assert used["model"]["sha256"] == hashlib.sha256(good.read_bytes()).hexdigest()
+    assert "production" in used["model"]["source"]
+    assert main(["model", "rollback", "--reason", "back to the default"]) == 0
+    assert Variable.get(PRODUCTION_VARIABLE) is None
