@@ -34,3 +34,19 @@ def encode_png(rgb: RGB) -> bytes:
     if not ok:
         raise ValueError("PNG encoding failed")
     return bytes(buf)
+
+
+def thumbnail_jpeg(data: bytes, max_side: int = 640, quality: int = 70) -> bytes:
+    """A small JPEG of an encoded image (JPEG or PNG): its longest side at most
+    ``max_side``, for pictures embedded where size matters (a UI artifact)."""
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
+    if bgr is None:
+        raise ValueError("not a decodable image")
+    h, w = bgr.shape[:2]
+    scale = max_side / max(h, w)
+    if scale < 1:
+        bgr = cv2.resize(bgr, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+    ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise ValueError("JPEG encoding failed")
+    return bytes(buf)

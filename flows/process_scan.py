@@ -42,7 +42,7 @@ from scanflow.storage import join
 from tasks.download import download_scan
 from tasks.frames import extract_frames
 from tasks.inference import load_model, run_inference
-from tasks.manifest import artifact_key, publish_manifest
+from tasks.manifest import artifact_key, publish_manifest, rejection_pictures
 from tasks.summary import render_summary
 from tasks.tracking import compute_tracking
 from tasks.versions import PreviousResult, archive_previous, restore_previous
@@ -208,6 +208,7 @@ def _report_failure(
 ) -> None:
     """One log line (the rejection's carries the guidance), the run's summary artifact, and
     the previous result put back when this was a re-processing."""
+    pictures = rejection_pictures(scan_uri) if isinstance(exc, RejectedScan) else []
     if previous is not None:
         restore_previous(scan_uri, previous)
     if isinstance(exc, RejectedScan):
@@ -224,6 +225,7 @@ def _report_failure(
     ]
     if exc.guidance:
         lines.append(f"- guidance for the patient: {exc.guidance}")
+    lines += pictures
     create_markdown_artifact(
         key=artifact_key(scan_id), markdown="\n".join(lines), description=f"scan {scan_id}"
     )

@@ -145,6 +145,15 @@ class Settings(BaseSettings):
         description="No heartbeat nor state change for this long marks a run Crashed "
         "(heartbeats every 30 s, prefect.yaml).",
     )
+    ui_images: Literal["auto", "inline", "presigned", "links"] = Field(
+        "auto",
+        description="Pictures in a run's UI artifact: inline (small JPEGs as data: URIs, "
+        "stored in the Prefect database), presigned (short-lived S3 URLs), links (the "
+        "results' URIs, no picture); auto: inline for file:// results, links for s3://.",
+    )
+    presign_expiry_s: int = Field(
+        900, ge=60, le=604800, description="Life of a presigned URL in a UI artifact."
+    )
     backfill_queue: str = Field(
         "backfill",
         description="Work queue of backfill and shadow runs: served after uploads, with a "

@@ -258,6 +258,19 @@ class S3Store:
         bucket, key = self.split(uri)
         return int(self._call(uri, "head_object", Bucket=bucket, Key=key)["ContentLength"])
 
+    def presign(self, uri: str, expires_s: int) -> str:
+        """A URL anyone holding it may GET the object with, for ``expires_s`` seconds."""
+        bucket, key = self.split(uri)
+        return str(
+            self._call(
+                uri,
+                "generate_presigned_url",
+                ClientMethod="get_object",
+                Params={"Bucket": bucket, "Key": key},
+                ExpiresIn=expires_s,
+            )
+        )
+
     def list_objects(self, uri: str) -> Iterator[dict[str, Any]]:
         """Every object under ``uri`` (a bucket or a prefix), a page of 1000 at a time: its
         latest version's entry in a versioned bucket (with VersionId), else ListObjectsV2's

@@ -1,17 +1,61 @@
-"""publish_manifest: write manifest.json last and atomically (its presence means the scan is
-complete), with a markdown summary on the run in the Prefect UI. The manifest itself is a
-contract: scanflow.contracts.manifest."""
+"""publish_manifest: report.html, then manifest.json last and atomically (its presence means
+the scan is complete), with a markdown summary on the run in the Prefect UI: the figures,
+and the contact sheet, change maps and trend as pictures (``SCANFLOW_UI_IMAGES``). The
+manifest itself is a contract: scanflow.contracts.manifest."""
 
 from __future__ import annotations
+
+import base64
+import json
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
+from cv.images import thumbnail_jpeg
 from scanflow.contracts.manifest import Manifest, manifest_uri
-from scanflow.storage import store_for
+from scanflow.report import report_uri, scan_report
+from scanflow.settings import Settings
+from scanflow.storage import S3Store, join, store_for
+
+UI_IMAGE_SIDE = 640  # px: a picture in the UI artifact (~20-60 KB as a JPEG at quality 70)
 
 
-def _markdown(m: Manifest, uri: str, ui_hint: str | None) -> str:
+def ui_image_mode(results_uri: str, setting: str) -> str:
+    """inline, presigned or links for pictures of results under ``results_uri``."""
+    if setting != "auto":
+        return setting
+    return "links" if results_uri.startswith("s3://") else "inline"
+
+
+def picture(uri: str, alt: str, mode: str, expiry_s: int) -> str:
+    """A markdown image of the picture at ``uri`` (or a link to it, in links mode)."""
+    if mode == "inline":
+        small = thumbnail_jpeg(store_for(uri).get_bytes(uri), UI_IMAGE_SIDE)
+        return f"![{alt}](data:image/jpeg;base64,{base64.b64encode(small).decode()})"
+    if mode == "presigned" and uri.startswith("s3://"):
+        return f"![{alt}]({S3Store().presign(uri, expiry_s)})"
+    return f"- {alt}: `{uri}`"
+
+
+def _pictures(m: Manifest, mode: str, expiry_s: int) -> list[str]:
+    shown = [(m.artifacts.contact_sheet, "contact sheet: the scan's keyframes")]
+    if m.tracking:
+        shown += [
+            (
+                c.change_map,
+                f"{c.view.replace('_', ' ')}: change map against {m.tracking.previous_scan_id}",
+            )  # fmt: skip
+            for c in m.tracking.views
+            if c.change_map
+        ]
+    if m.trend:
+        shown.append((m.trend.plot_uri, f"trend over {len(m.trend.scans)} scans"))
+    return ["", "### Pictures", ""] + [
+        picture(uri, alt, mode, expiry_s) + "\n" for uri, alt in shown
+    ]
+
+
+def _markdown(m: Manifest, uri: str, images: tuple[str, int] = ("links", 0)) -> str:
     q = m.quality
     lines = [
         f"## Scan `{m.scan_id}`: {'usable' if q.usable else 'rejected'}",
@@ -46,12 +90,11 @@ def _markdown(m: Manifest, uri: str, ui_hint: str | None) -> str:
                 )
     lines += [
         "",
+        f"- report for the doctor: `{m.artifacts.report}`",
         f"- manifest: `{uri}`",
         f"- summary video: `{m.artifacts.summary_video}`",
-        f"- contact sheet: `{m.artifacts.contact_sheet}`",
     ]
-    if m.trend:
-        lines.append(f"- trend over {len(m.trend.scans)} scans: `{m.trend.plot_uri}`")
+    lines += _pictures(m, *images)
     return "\n".join(lines)
 
 
@@ -65,12 +108,20 @@ def _view_rows(m: Manifest) -> list[str]:
 
 @task(name="publish-manifest")
 def publish_manifest(manifest: Manifest, scan_uri: str) -> str:
-    """Write manifest.json (atomically, last) and a markdown summary in the Prefect UI."""
+    """Write report.html, then manifest.json (atomically, last), and a markdown summary with
+    pictures in the Prefect UI."""
+    settings = Settings()
+    page = report_uri(scan_uri)
+    manifest = manifest.model_copy(
+        update={"artifacts": manifest.artifacts.model_copy(update={"report": page})}
+    )
+    store_for(page).put_bytes(page, scan_report(manifest).encode(), "text/html; charset=utf-8")
     uri = manifest_uri(scan_uri)
     store_for(uri).put_bytes(uri, manifest.model_dump_json(indent=2).encode(), "application/json")
+    mode = ui_image_mode(scan_uri, settings.ui_images)
     create_markdown_artifact(
         key=artifact_key(manifest.scan_id),
-        markdown=_markdown(manifest, uri, None),
+        markdown=_markdown(manifest, uri, (mode, settings.presign_expiry_s)),
         description=f"scan {manifest.scan_id}",
     )
     get_run_logger().info("manifest written: %s", uri)
@@ -81,3 +132,47 @@ def artifact_key(scan_id: str) -> str:
     # Artifact keys allow lowercase letters, digits and dashes only.
     key = "".join(c if c.isalnum() else "-" for c in scan_id.lower())
     return f"scan-{key}"[:60].rstrip("-")
+
+
+def _worst_frames(rows: list[list[object]], stored: set[int]) -> list[tuple[int, str]]:
+    """The stored frames that explain a rejection: the blurriest, the darkest, the one with
+    the most glare and the fastest, each once, with what it shows."""
+    kept = [r for r in rows if int(str(r[0])) in stored]
+    if not kept:
+        return []
+    picks = [
+        (min(kept, key=lambda r: float(str(r[2]))), "blurriest: sharpness {2:.0f}"),
+        (min(kept, key=lambda r: float(str(r[3]))), "darkest: brightness {3:.0f}"),
+        (max(kept, key=lambda r: float(str(r[5]))), "most glare: {5:.0%} blown out"),
+        (max(kept, key=lambda r: float(str(r[6]))), "fastest motion: {6:.1f}"),
+    ]
+    out: list[tuple[int, str]] = []
+    for row, text in picks:
+        index = int(str(row[0]))
+        if index not in [i for i, _ in out]:
+            values = [float(str(v)) if i else v for i, v in enumerate(row[:7])]
+            out.append((index, f"{text.format(*values)} (frame at {float(str(row[1])):.1f} s)"))
+    return out
+
+
+def rejection_pictures(scan_uri: str) -> list[str]:
+    """Markdown pictures of the frames that explain why a scan was rejected (none when its
+    frames were not stored)."""
+    settings = Settings()
+    store = store_for(scan_uri)
+    quality_uri = join(scan_uri, "frame_quality.json")
+    if not store.exists(quality_uri):
+        return []
+    rows = json.loads(store.get_bytes(quality_uri))["rows"]
+    frames = join(scan_uri, "frames")
+    stored = {
+        int(u.rsplit("/", 1)[-1].split(".")[0])
+        for u in store.list_files(frames)
+        if u.endswith(".jpg")
+    }
+    mode = ui_image_mode(scan_uri, settings.ui_images)
+    lines = ["", "### The frames behind the verdict", ""]
+    for index, caption in _worst_frames(rows, stored):
+        uri = join(frames, f"{index:06d}.jpg")
+        lines.append(picture(uri, caption, mode, settings.presign_expiry_s) + "\n")
+    return lines if len(lines) > 3 else []

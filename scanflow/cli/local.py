@@ -26,7 +26,7 @@ from scanflow.contracts.manifest import manifest_uri
 from scanflow.contracts.options import ScanOptions
 from scanflow.local.stack import LocalStack
 from scanflow.settings import Settings
-from scanflow.storage import join, to_uri
+from scanflow.storage import join, store_for, to_uri
 
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
@@ -186,6 +186,22 @@ def cmd_reconcile(args: argparse.Namespace, settings: Settings, stack: LocalStac
         print(f"report:  {ledger['report']}")
     left = ledger["gaps_found"] - ledger["gaps_healed"]  # a dry run heals nothing
     return 1 if left else 0
+
+
+def cmd_report(args: argparse.Namespace, settings: Settings, stack: LocalStack) -> int:
+    """<results>/<patient>/report.html: the patient's completed scans on one page."""
+    from scanflow.report import REPORT_NAME, patient_report
+    from tasks.tracking import completed_scans
+
+    scans = completed_scans(settings.results_root, args.patient)
+    if not scans:
+        print(f"scanflow report: no completed scan of {args.patient}", file=sys.stderr)
+        return 1
+    uri = join(settings.results_root, args.patient, REPORT_NAME)
+    page = patient_report(args.patient, scans).encode()
+    store_for(uri).put_bytes(uri, page, "text/html; charset=utf-8")
+    print(f"{len(scans)} scans: {uri}")
+    return 0
 
 
 def cmd_backfill(args: argparse.Namespace, settings: Settings, stack: LocalStack) -> int:

@@ -26,6 +26,7 @@ Turns patients' home video scans of their teeth into insights for their orthodon
     scanflow sample  PATH [--seconds N] [--width W --height H]
     scanflow reconcile [--since T] [--until T] [--dry-run] [--json]
     scanflow ops-report [--since T] [--until T] [--json]
+    scanflow report PATIENT                         a patient's page across their scans
     scanflow backfill [--since T] [--patient P] [--model NAME@VERSION|URI] [--json]
     scanflow model dataset|train|publish|evaluate|shadow|promote|rollback|list ...
     scanflow pools apply [NAME] [--replace-template] [--credential-secret-arn ARN]
@@ -109,6 +110,8 @@ def _local(sub: Subparsers) -> None:
     o.add_argument("--since", type=when, default=None, help="default: 24 h before --until")
     o.add_argument("--until", type=when, default=None, help="default: now")
     o.add_argument("--json", action="store_true", help="print the report as JSON")
+    rp = _command(sub, "local", "report", help="write a patient's page across their scans")
+    rp.add_argument("patient", help="the pseudonymous patient id")
     b = _command(sub, "local", "backfill", help="past scans processed again on the backfill queue")
     b.add_argument("--since", type=when, default=None, help="scans scanned since: ISO time or 30d")
     b.add_argument("--patient", default=None, help="only this patient's scans")

@@ -71,6 +71,9 @@ class Links(BaseModel):
 
     run: str = Field(description="The flow run in the Prefect UI.")
     manifest: str | None = Field(None, description="The results' manifest (scan.completed).")
+    report: str | None = Field(
+        None, description="The scan's report.html beside the manifest (scan.completed)."
+    )
 
 
 class WebhookEvent(BaseModel):
@@ -212,7 +215,13 @@ def build_event(
         duration_s=round(max(duration, 0.0), 3) if duration is not None else None,
         state=RunState(type=state_type, name=state.name, message=state.message, timestamp=entered),
         links=Links(
-            run=run_url, manifest=manifest_uri if event_type is EventType.COMPLETED else None
+            run=run_url,
+            manifest=manifest_uri if event_type is EventType.COMPLETED else None,
+            report=(
+                manifest_uri.rsplit("/", 1)[0] + "/report.html"
+                if manifest_uri and event_type is EventType.COMPLETED
+                else None
+            ),
         ),
         source=source,
     )

@@ -24,7 +24,7 @@ from scanflow.contracts.stages import (
 )
 from scanflow.storage import join, store_for
 
-SCHEMA_VERSION = "1.2"  # 1.1: views, artifacts.views, model package fields; 1.2: versions
+SCHEMA_VERSION = "1.2"  # 1.1: views, artifacts.views, model package fields; 1.2: versions, report
 MANIFEST_NAME = "manifest.json"
 
 
@@ -38,6 +38,7 @@ class Artifacts(BaseModel):
     views: str | None = Field(None, description="Per kept frame: predicted view, confidence.")
     frame_quality: str
     tracking: str | None = None
+    report: str | None = Field(None, description="report.html: the page a doctor opens.")
 
 
 class Manifest(BaseModel):

@@ -43,6 +43,7 @@ def test_every_command_names_a_handler_that_exists_in_its_group() -> None:
             "reconcile",
             "ops-report",
             "backfill",
+            "report",
             "model",
             "pools",
             "deploy",
