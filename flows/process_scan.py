@@ -39,6 +39,7 @@ from scanflow.notify.hooks import send_outcome
 from scanflow.rejections import quiet_rejections, rejection_line
 from scanflow.settings import Settings
 from scanflow.storage import join
+from tasks._progress import set_stage, start_progress
 from tasks.download import download_scan
 from tasks.frames import extract_frames
 from tasks.inference import load_model, run_inference
@@ -103,6 +104,7 @@ def process_scan(
     work.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     previous: PreviousResult | None = None
+    progress = start_progress(scan_id)
     with _untagged_tasks():
         try:
             loading = _load_model_beside(options, str(settings.models_dir), timings)
@@ -116,6 +118,7 @@ def process_scan(
                     input_roots=settings.allowed_input_roots,
                 )
             previous = _archive_previous(scan_uri, timings)
+            set_stage(progress, "decode")
             with _timed(timings, "extract_frames"):
                 frames = extract_frames(
                     video.local_path,
@@ -125,10 +128,12 @@ def process_scan(
                     # quoted, Prefect passes the future on instead of waiting for it
                     cast("PrefectFuture[ModelInfo]", quote(loading)),
                     str(settings.models_dir),
+                    progress,
                 )
             model = loading.result()  # raises the load's model_error, if extract_frames did not
             if frames.inference is not None:  # the model ran while decoding: part of the above
                 timings["inference_while_decoding"] = frames.inference.seconds
+            set_stage(progress, "inference")
             with _timed(timings, "run_inference"):
                 inference = run_inference(
                     frames,
@@ -138,8 +143,10 @@ def process_scan(
                     str(settings.models_dir),
                     settings.cpu_threads,
                 )
+            set_stage(progress, "summary")
             with _timed(timings, "render_summary"):
                 summary = render_summary(frames, inference, scan_uri, str(work), options)
+            set_stage(progress, "tracking")
             with _timed(timings, "compute_tracking"):
                 tracking = compute_tracking(
                     patient_id,
@@ -166,7 +173,10 @@ def process_scan(
                 summary=summary,
                 tracking=tracking,
             )
-            return publish_manifest(manifest, scan_uri)
+            set_stage(progress, "manifest")
+            published = publish_manifest(manifest, scan_uri)
+            set_stage(progress, "done")
+            return published
         except RejectedScan as exc:
             _report_failure(scan_id, exc, scan_uri, previous)
             return Failed(name=REJECTED_STATE, message=str(exc), data=exc)

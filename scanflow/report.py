@@ -15,6 +15,7 @@ import html
 import mimetypes
 from collections.abc import Iterable
 
+from cv.errors import ScanError
 from scanflow.contracts.manifest import Manifest
 from scanflow.contracts.stages import ViewChange
 from scanflow.storage import join, store_for
@@ -60,8 +61,12 @@ def data_uri(uri: str) -> str:
 def _img(uri: str | None, alt: str, cls: str = "") -> str:
     if not uri:
         return ""
+    try:
+        src = data_uri(uri)
+    except ScanError:  # gone from the store: the page says so instead of failing
+        return f"<p>({_e(alt)}: not available)</p>"
     klass = f' class="{cls}"' if cls else ""
-    return f'<img src="{data_uri(uri)}" alt="{_e(alt)}"{klass} loading="lazy">'
+    return f'<img src="{src}" alt="{_e(alt)}"{klass} loading="lazy">'
 
 
 def _figure(uri: str | None, alt: str, caption: str) -> str:
@@ -185,6 +190,18 @@ def _trend(m: Manifest) -> list[str]:
     ]
 
 
+def _video(m: Manifest) -> str:
+    label = f"summary video of the scan, {m.artifacts.summary_video_seconds:.0f} s"
+    try:
+        src = data_uri(m.artifacts.summary_video)
+    except ScanError:
+        return f"<p>({_e(label)}: not available)</p>"
+    return (
+        f'<video controls playsinline preload="metadata" src="{src}" aria-label="{_e(label)}">'
+        "Your browser cannot play this video.</video>"
+    )
+
+
 def scan_report(m: Manifest) -> str:
     """The scan's report.html (reads the pictures and the video it embeds)."""
     scanned = m.scanned.strftime("%Y-%m-%d %H:%M UTC")
@@ -202,10 +219,7 @@ def scan_report(m: Manifest) -> str:
         f"{_e(m.model.version)} · code {_e(m.code_version)}</p>",
         *_quality(m),
         "<h2>Summary video</h2>",
-        '<video controls playsinline preload="metadata" '
-        f'src="{data_uri(m.artifacts.summary_video)}" '
-        f'aria-label="summary video of the scan, {m.artifacts.summary_video_seconds:.0f} s">'
-        "Your browser cannot play this video.</video>",
+        _video(m),
         "<h2>Best frame of each view</h2>",
         f'<div class="grid">{"".join(views) or "<p>No view was recognised.</p>"}</div>',
         "<h2>Contact sheet</h2>",

@@ -24,7 +24,13 @@ from prefect.futures import PrefectFuture
 
 from cv.images import RGB, decode_jpeg
 from cv.quality.analysis import Fault, FrameQuality, judge_scan, raise_if_rejected
-from cv.video.frames import decoded_duration, decoder_threads, probe_video, sample_frames
+from cv.video.frames import (
+    SampledFrame,
+    decoded_duration,
+    decoder_threads,
+    probe_video,
+    sample_frames,
+)
 from scanflow.contracts.options import ScanOptions
 from scanflow.contracts.stages import (
     FramesResult,
@@ -36,6 +42,7 @@ from scanflow.contracts.stages import (
 from scanflow.models.cache import cpu_threads, save_predictions
 from scanflow.storage import join, store_for
 from tasks._frames import FramePublisher, ModelHandOff, hand_off_model, model_info
+from tasks._progress import DecodeProgress
 
 
 def load_frame(frame: KeptFrame) -> RGB:
@@ -88,6 +95,7 @@ def extract_frames(
     options: ScanOptions,
     model: ModelInfo | PrefectFuture[ModelInfo] | None = None,
     model_cache_dir: str | None = None,
+    progress_id: str | None = None,
 ) -> FramesResult:
     """Probe and stream-decode the scan; store kept frames; judge the scan's quality.
 
@@ -115,6 +123,12 @@ def extract_frames(
     if model is not None:
         handoff = hand_off_model(model, info, options, work, model_cache_dir)
         publisher = FramePublisher(store, scan_uri, frames_dir, handoff.classifier, handoff.backlog)
+    progress = DecodeProgress(progress_id, info.duration_s)
+
+    def on_frame(frame: SampledFrame) -> None:
+        publisher.on_frame(frame)
+        progress(frame.quality.time_s)
+
     with publisher:
         decoded = sample_frames(
             path,
@@ -122,7 +136,7 @@ def extract_frames(
             limits,
             sample_fps=options.sample_fps,
             max_side=options.max_side,
-            on_frame=publisher.on_frame,
+            on_frame=on_frame,
             decoder_threads=decoder_threads(cpu_threads()),
         )
         sampled = publisher.finish()

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import base64
 import json
+from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
+from cv.errors import ScanError
 from cv.images import thumbnail_jpeg
 from scanflow.contracts.manifest import Manifest, manifest_uri
 from scanflow.report import report_uri, scan_report
@@ -30,7 +32,10 @@ def ui_image_mode(results_uri: str, setting: str) -> str:
 def picture(uri: str, alt: str, mode: str, expiry_s: int) -> str:
     """A markdown image of the picture at ``uri`` (or a link to it, in links mode)."""
     if mode == "inline":
-        small = thumbnail_jpeg(store_for(uri).get_bytes(uri), UI_IMAGE_SIDE)
+        try:
+            small = thumbnail_jpeg(store_for(uri).get_bytes(uri), UI_IMAGE_SIDE)
+        except (ScanError, ValueError):  # gone, or not a picture: its link instead
+            return f"- {alt}: `{uri}`"
         return f"![{alt}](data:image/jpeg;base64,{base64.b64encode(small).decode()})"
     if mode == "presigned" and uri.startswith("s3://"):
         return f"![{alt}]({S3Store().presign(uri, expiry_s)})"
@@ -134,25 +139,31 @@ def artifact_key(scan_id: str) -> str:
     return f"scan-{key}"[:60].rstrip("-")
 
 
-def _worst_frames(rows: list[list[object]], stored: set[int]) -> list[tuple[int, str]]:
+def _worst_frames(rows: list[list[Any]], stored: set[int]) -> list[tuple[int, str]]:
     """The stored frames that explain a rejection: the blurriest, the darkest, the one with
-    the most glare and the fastest, each once, with what it shows."""
-    kept = [r for r in rows if int(str(r[0])) in stored]
+    the most glare (if any) and the fastest, each once, with what it shows (one frame may be
+    several of these)."""
+    kept = [r for r in rows if int(r[0]) in stored]
     if not kept:
         return []
     picks = [
-        (min(kept, key=lambda r: float(str(r[2]))), "blurriest: sharpness {2:.0f}"),
-        (min(kept, key=lambda r: float(str(r[3]))), "darkest: brightness {3:.0f}"),
-        (max(kept, key=lambda r: float(str(r[5]))), "most glare: {5:.0%} blown out"),
-        (max(kept, key=lambda r: float(str(r[6]))), "fastest motion: {6:.1f}"),
+        (min(kept, key=lambda r: float(r[2])), "blurriest (sharpness {2:.0f})"),
+        (min(kept, key=lambda r: float(r[3])), "darkest (brightness {3:.0f})"),
+        (max(kept, key=lambda r: float(r[5])), "most glare ({5:.0%} blown out)"),
+        (max(kept, key=lambda r: float(r[6])), "fastest motion ({6:.1f})"),
     ]
-    out: list[tuple[int, str]] = []
+    captions: dict[int, list[str]] = {}
+    times: dict[int, float] = {}
     for row, text in picks:
-        index = int(str(row[0]))
-        if index not in [i for i, _ in out]:
-            values = [float(str(v)) if i else v for i, v in enumerate(row[:7])]
-            out.append((index, f"{text.format(*values)} (frame at {float(str(row[1])):.1f} s)"))
-    return out
+        if "glare" in text and float(row[5]) <= 0:
+            continue  # no glare anywhere: nothing to show
+        values = [float(v) for v in row[:7]]
+        captions.setdefault(int(row[0]), []).append(text.format(*values))
+        times[int(row[0])] = float(row[1])
+    return [
+        (index, f"{' and '.join(texts)}, frame at {times[index]:.1f} s")
+        for index, texts in captions.items()
+    ]
 
 
 def rejection_pictures(scan_uri: str) -> list[str]:

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextvars
 import json
 import os
 import re
 import sys
+import threading
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -21,12 +24,14 @@ from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settin
 from cv.synthetic import ScanSpec, render_scan
 from flows.process_scan import process_scan
 from scanflow.access import parse_root
+from scanflow.cli.progress import follow
 from scanflow.contracts.events import EventType, classify
 from scanflow.contracts.manifest import manifest_uri
 from scanflow.contracts.options import ScanOptions
 from scanflow.local.stack import LocalStack
 from scanflow.settings import Settings
 from scanflow.storage import join, store_for, to_uri
+from tasks._progress import progress_key
 
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
@@ -150,16 +155,39 @@ def cmd_process(args: argparse.Namespace, settings: Settings, stack: LocalStack)
     # for missed ones (deployments/automations.py), and Prefect's heartbeat thread sleeps
     # in 1 s steps, so joining it would hold the run's end up to a second.
     no_heartbeats = temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
-    with tags("scanflow", "cli"), no_heartbeats:
-        state = process_scan(
-            scan_id=args.scan_id or _default_scan_id(uri),
-            patient_id=args.patient_id,
-            video_uri=uri,
-            options=options,
-            return_state=True,
-        )
+    scan_id = args.scan_id or _default_scan_id(uri)
+    started = datetime.now(UTC) - timedelta(seconds=1)
+    outcome: list[Any] = []
+
+    def run() -> None:
+        with tags("scanflow", "cli"), no_heartbeats:
+            outcome.append(
+                process_scan(
+                    scan_id=scan_id,
+                    patient_id=args.patient_id,
+                    video_uri=uri,
+                    options=options,
+                    return_state=True,
+                )
+            )
+
+    # the flow in a thread of its own, its progress artifact followed from this one
+    worker = threading.Thread(target=contextvars.copy_context().run, args=(run,), daemon=True)
+    worker.start()
+    follow(progress_key(scan_id), started, lambda: not worker.is_alive())
+    worker.join()
+    if not outcome:
+        print("scanflow process: the flow ended without a state", file=sys.stderr)
+        return 1
+    state = outcome[0]
+    print(
+        f"{state.name} in {(datetime.now(UTC) - started).total_seconds() - 1:.1f} s",
+        file=sys.stderr,
+    )
     if state.is_completed():
-        print(state.result())
+        manifest = str(state.result())
+        print(f"report: {manifest.rsplit('/', 1)[0]}/report.html", file=sys.stderr)
+        print(manifest)
         return EXIT_COMPLETED
     print(f"{state.name}: {state.message}", file=sys.stderr)
     for line in _outcome_lines(state):
@@ -304,6 +332,7 @@ def _report(settings: Settings, run: Any) -> int:
         params = run.parameters
         uri = manifest_uri(join(settings.results_root, params["patient_id"], params["scan_id"]))
         print(f"manifest: {uri}")
+        print(f"report:   {uri.rsplit('/', 1)[0]}/report.html")
         return EXIT_COMPLETED
     print(f"message: {state.message}")
     for line in _outcome_lines(state):
@@ -326,6 +355,14 @@ def cmd_submit(args: argparse.Namespace, settings: Settings, stack: LocalStack) 
     )
     print(run.id)
     if args.wait:
+        deadline = time.monotonic() + args.timeout
+
+        def final() -> bool:
+            with get_client(sync_client=True) as client:
+                state = client.read_flow_run(run.id).state
+            return bool(state and state.type.value in FINAL) or time.monotonic() > deadline
+
+        follow(progress_key(run.name), run.created or datetime.now(UTC), final)
         return _report(settings, asyncio.run(wait_for_run(run.id, args.timeout)))
     return 0
 

@@ -9,8 +9,11 @@ artifact keys, without a server.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import re
+import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -35,7 +38,8 @@ from scanflow.contracts.stages import (
     ViewCoverage,
 )
 from scanflow.settings import REPO_ROOT
-from tasks.manifest import artifact_key, publish_manifest
+from scanflow.storage import S3Store
+from tasks.manifest import artifact_key, picture, publish_manifest, ui_image_mode
 from tests.support.manifests import sample_manifest
 
 SCHEMA = json.loads((REPO_ROOT / "schemas" / "manifest.schema.json").read_text())
@@ -137,9 +141,14 @@ def test_the_manifest_is_written_whole_where_the_scan_is(tmp_path: Path) -> None
     assert uri == (folder / "manifest.json").as_uri()
     raw = json.loads((folder / "manifest.json").read_text())
     jsonschema.validate(raw, SCHEMA)
-    assert Manifest.model_validate(raw) == manifest
+    written = Manifest.model_validate(raw)
+    assert written.artifacts.report == (folder / "report.html").as_uri()  # written before it
+    report = {
+        "artifacts": manifest.artifacts.model_copy(update={"report": written.artifacts.report})
+    }
+    assert written == manifest.model_copy(update=report)
     # written atomically: no temporary file is left beside it
-    assert [p.name for p in folder.iterdir()] == ["manifest.json"]
+    assert sorted(p.name for p in folder.iterdir()) == ["manifest.json", "report.html"]
 
 
 @pytest.mark.integration
@@ -213,3 +222,44 @@ def test_prefect_accepts_the_artifact_key_of_every_valid_scan_id(scan_id: str) -
     key = artifact_key(scan_id)
     ArtifactCreate(key=key, type="markdown", data="x")  # raises on a key Prefect refuses
     assert len(key) <= 60 and not key.endswith("-")
+
+
+# -- pictures in the UI artifact ------------------------------------------------------------
+
+
+def test_pictures_are_inline_for_local_results_and_links_for_s3_unless_chosen() -> None:
+    assert ui_image_mode("file:///r/pt/s", "auto") == "inline"
+    assert ui_image_mode("s3://b/r/pt/s", "auto") == "links"  # patient data stays in S3
+    assert ui_image_mode("s3://b/r/pt/s", "presigned") == "presigned"
+    assert ui_image_mode("file:///r/pt/s", "links") == "links"
+
+
+@pytest.mark.integration
+def test_an_s3_picture_is_a_link_a_presigned_url_or_a_thumbnail(s3_endpoint: str) -> None:
+    import boto3
+    import httpx
+    import numpy as np
+
+    from cv.images import decode_jpeg, encode_jpeg
+
+    bucket = f"pictures-{uuid.uuid4().hex[:10]}"
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
+    uri = f"s3://{bucket}/results/pt-1/scan-1/contact_sheet.jpg"
+    big = encode_jpeg(np.random.default_rng(1).integers(0, 255, (1080, 1920, 3), np.uint8))
+    S3Store().put_bytes(uri, big, "image/jpeg")
+
+    assert picture(uri, "contact sheet", "links", 900) == f"- contact sheet: `{uri}`"
+    presigned = picture(uri, "contact sheet", "presigned", 600)
+    url = re.fullmatch(r"!\[contact sheet\]\((http://127\.0\.0\.1:\d+/[^)]+)\)", presigned)
+    assert url
+    v4 = re.search(r"X-Amz-Expires=(\d+)", url.group(1))  # SigV4: seconds; SigV2: epoch
+    expires = int(v4.group(1)) if v4 else int(re.search(r"Expires=(\d+)", url.group(1)).group(1))  # type: ignore[union-attr]
+    assert expires == 600 if v4 else abs(expires - time.time() - 600) < 60
+    assert httpx.get(url.group(1)).content == big  # anyone with the URL, for 10 minutes
+    inline = picture(uri, "contact sheet", "inline", 0)
+    data = inline.removeprefix("![contact sheet](data:image/jpeg;base64,").removesuffix(")")
+    small = decode_jpeg(base64.b64decode(data))
+    assert small.shape == (360, 640, 3) and len(data) < len(big) / 4
+    assert picture(f"s3://{bucket}/gone.jpg", "gone", "inline", 0) == (
+        f"- gone: `s3://{bucket}/gone.jpg`"
+    )
