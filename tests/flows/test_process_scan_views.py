@@ -94,3 +94,42 @@ def test_the_command_line_shows_progress_rising_to_the_end(
     assert values and values == sorted(values) and values[-1] == 100.0, err[-2000:]
     assert re.search(r"^progress:.*\bdone$", err, re.M) and "report: " in err
     assert re.search(r"^Completed in [\d.]+ s$", err, re.M)
+
+
+def test_on_a_terminal_the_progress_is_a_bar(good_scan: SyntheticScan, tmp_path: Path) -> None:
+    """`scanflow process` with stderr on a pseudo-terminal draws Rich's bar, not lines."""
+    import pty
+    import sys
+    import threading
+
+    from scanflow.settings import REPO_ROOT
+
+    master, slave = pty.openpty()
+    chunks: list[bytes] = []
+
+    def drain() -> None:
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:
+                return
+            if not data:
+                return
+            chunks.append(data)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "100"}
+    done = subprocess.run(
+        [sys.executable, "-m", "scanflow.cli.main", "process", str(good_scan.path),
+         "--patient-id", "pt-ui", "--scan-id", "ui-tty"],
+        cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=slave, timeout=300,
+    )  # fmt: skip
+    os.close(slave)
+    reader.join(timeout=10)
+    os.close(master)
+    screen = b"".join(chunks).decode(errors="replace")
+    assert done.returncode == 0, screen[-3000:]
+    assert done.stdout.decode().strip().endswith("ui-tty/manifest.json")  # stdout stays plain
+    assert "━" in screen and "%" in screen, screen[-3000:]  # Rich's bar and its percentage
+    assert "progress: " not in screen  # not the plain lines
