@@ -162,6 +162,7 @@ def test_from_stages_puts_each_stages_result_in_its_place() -> None:
         "views": "s3://r/pt-1/scan-1/views.json",
         "frame_quality": "s3://r/pt-1/scan-1/frame_quality.json",
         "tracking": None,
+        "report": None,  # publish_manifest writes report.html and names it
     }
     assert [v.view for v in m.view_frames] == ["front"]
     assert m.tracking is None and m.trend is not None and m.trend.json_uri.endswith("trend.json")
