@@ -251,8 +251,19 @@ class S3Store:
             token = {"ContinuationToken": page["NextContinuationToken"]}
 
     def list_files(self, uri: str) -> list[str]:
-        bucket, _ = self.split(uri)
-        return sorted(f"s3://{bucket}/{o['Key']}" for o in self.list_objects(uri.rstrip("/") + "/"))
+        """Every object under the prefix ``uri``: ListObjectsV2 only (s3:ListBucket, which
+        the scan roles have on the results bucket; not the versioning calls list_objects
+        makes)."""
+        bucket, key = self.split(uri)
+        prefix = key.rstrip("/") + "/"
+        out: list[str] = []
+        token: dict[str, str] = {}
+        while True:
+            page = self._call(uri, "list_objects_v2", Bucket=bucket, Prefix=prefix, **token)
+            out += [f"s3://{bucket}/{o['Key']}" for o in page.get("Contents", [])]
+            if not page.get("IsTruncated"):
+                return sorted(out)
+            token = {"ContinuationToken": page["NextContinuationToken"]}
 
     def size(self, uri: str) -> int:
         bucket, key = self.split(uri)

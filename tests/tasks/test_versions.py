@@ -4,13 +4,16 @@ under versions/, the archived manifest naming its own copies, and put back after
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import boto3
+import pytest
 from prefect.logging import disable_run_logger
 
 from scanflow.contracts.manifest import Manifest, manifest_uri, read_manifest
-from scanflow.storage import FileStore, join
+from scanflow.storage import FileStore, S3Store, _s3_client, join
 from tasks.versions import VERSIONS, archive_previous, restore_previous, version_name
 from tests.support.manifests import sample_manifest
 
@@ -75,4 +78,39 @@ def test_a_failed_reprocessing_puts_the_previous_files_back(tmp_path: Path) -> N
         store.put_bytes(join(scan_uri, "frames", "000001.jpg"), b"frame v2 (half-way)")
         restore_previous.fn(scan_uri, prev)
     assert FileStore.path(join(scan_uri, "frames", "000001.jpg")).read_bytes() == b"frame v1"
+    assert read_manifest(manifest_uri(scan_uri)) == m
+
+
+@pytest.mark.integration
+def test_archive_and_restore_on_s3_with_listing_only(s3_endpoint: str) -> None:
+    """On S3 the scan roles may get, put and list the results bucket, nothing else (no
+    versioning calls): archive and restore need no more."""
+    bucket = f"versions-{uuid.uuid4().hex[:10]}"
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
+    scan_uri = f"s3://{bucket}/results/pt-1/scan-1"
+    store = S3Store()
+    m = sample_manifest("scan-1", "pt-1", datetime.now(UTC) - timedelta(days=1))
+    store.put_bytes(join(scan_uri, "summary.mp4"), b"video v1")
+    for i in range(3):
+        store.put_bytes(join(scan_uri, "frames", f"{i:06d}.jpg"), b"frame v1")
+    store.put_bytes(manifest_uri(scan_uri), m.model_dump_json().encode())
+    calls: list[str] = []
+
+    def record(model: object, **_: object) -> None:
+        calls.append(str(getattr(model, "name", model)))
+
+    client = _s3_client()
+    client.meta.events.register("before-call.s3", record)
+    try:
+        with disable_run_logger():
+            prev = archive_previous.fn(scan_uri)
+            assert prev is not None
+            assert len(store.list_files(prev.version_uri)) == 5
+            store.put_bytes(join(scan_uri, "frames", "000001.jpg"), b"frame v2")
+            restore_previous.fn(scan_uri, prev)
+    finally:
+        client.meta.events.unregister("before-call.s3", record)
+    # what the scan task roles may do on the results bucket (deployments/*/template.yaml)
+    assert set(calls) <= {"HeadObject", "GetObject", "PutObject", "ListObjectsV2"}, set(calls)
+    assert store.get_bytes(join(scan_uri, "frames", "000001.jpg")) == b"frame v1"
     assert read_manifest(manifest_uri(scan_uri)) == m
