@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import mimetypes
 from collections.abc import Iterable
 
 from cv.errors import ScanError
 from scanflow.contracts.manifest import Manifest
-from scanflow.contracts.stages import ViewChange
+from scanflow.contracts.stages import MIN_VIEW_CONFIDENCE, ViewChange
 from scanflow.storage import join, store_for
 
 REPORT_NAME = "report.html"
@@ -190,6 +191,36 @@ def _trend(m: Manifest) -> list[str]:
     ]
 
 
+def _keyframe_views(m: Manifest) -> dict[int, str]:
+    """Each kept frame's view as views.json has it (confident, a standard view), by index."""
+    if not m.artifacts.views:
+        return {}
+    try:
+        doc = json.loads(store_for(m.artifacts.views).get_bytes(m.artifacts.views))
+    except ScanError:
+        return {}
+    cols = doc["columns"]
+    rows = [dict(zip(cols, row, strict=True)) for row in doc["rows"]]
+    return {
+        int(r["kept_index"]): str(r["view"]).replace("_", " ")
+        for r in rows
+        if r["view"] != "other" and float(r["confidence"]) >= MIN_VIEW_CONFIDENCE
+    }
+
+
+def _keyframes(m: Manifest) -> list[str]:
+    views = _keyframe_views(m)
+    figures = [
+        _figure(
+            k.uri,
+            f"keyframe at {k.time_s:.1f} s, {views.get(k.kept_index, 'view not recognised')}",
+            f"{k.time_s:.1f} s · {views.get(k.kept_index, 'view not recognised')}",
+        )  # fmt: skip
+        for k in m.artifacts.keyframes
+    ]
+    return ["<h2>Keyframes</h2>", f'<div class="grid">{"".join(figures)}</div>']
+
+
 def _video(m: Manifest) -> str:
     label = f"summary video of the scan, {m.artifacts.summary_video_seconds:.0f} s"
     try:
@@ -222,8 +253,7 @@ def scan_report(m: Manifest) -> str:
         _video(m),
         "<h2>Best frame of each view</h2>",
         f'<div class="grid">{"".join(views) or "<p>No view was recognised.</p>"}</div>',
-        "<h2>Contact sheet</h2>",
-        _img(m.artifacts.contact_sheet, "contact sheet: the scan's keyframes in order", "wide"),
+        *_keyframes(m),
         *_tracking(m),
         *_trend(m),
     ]

@@ -31,6 +31,7 @@ from cv.images import RGB
 from cv.model.predictions import FramePredictions, view_coverage
 from scanflow.contracts.options import ModelRef
 from scanflow.contracts.stages import (
+    MIN_VIEW_CONFIDENCE,
     FramesResult,
     InferenceResult,
     KeptFrame,
@@ -45,8 +46,6 @@ if TYPE_CHECKING:
     from cv.model.heads import Classifier
 
 __all__ = ["ModelInfo", "cpu_threads", "load_model", "run_inference"]
-
-MIN_VIEW_CONFIDENCE = 0.5
 
 
 @task(name="load-model")

@@ -24,10 +24,10 @@ from cv.model.heads import classify_frames
 from cv.tracking.registration import best_frame_per_view
 from scanflow.contracts.manifest import MANIFEST_NAME, Manifest, manifest_uri, read_manifest
 from scanflow.contracts.options import ModelRef
-from scanflow.contracts.stages import ViewChange, ViewFrame
+from scanflow.contracts.stages import MIN_VIEW_CONFIDENCE, ViewChange, ViewFrame
 from scanflow.models.cache import classifier
 from scanflow.storage import join, store_for
-from tasks.inference import MIN_VIEW_CONFIDENCE, load_views
+from tasks.inference import load_views
 from tasks.tracking import compare_view, stored_frame
 
 SHADOW = "shadow"

@@ -16,10 +16,16 @@ from cv.summary.render import (
     render_summary_video,
 )
 from scanflow.contracts.options import ScanOptions
-from scanflow.contracts.stages import FramesResult, InferenceResult, Keyframe, SummaryResult
+from scanflow.contracts.stages import (
+    MIN_VIEW_CONFIDENCE,
+    FramesResult,
+    InferenceResult,
+    Keyframe,
+    SummaryResult,
+)
 from scanflow.storage import join, store_for
 from tasks.frames import load_frame
-from tasks.inference import MIN_VIEW_CONFIDENCE, load_embeddings, load_views
+from tasks.inference import load_embeddings, load_views
 
 _SECONDS_PER_FRAME = 0.5
 

@@ -17,6 +17,7 @@ from cv.tracking.registration import best_frame_per_view, register, render_chang
 from cv.tracking.trend import render_trend
 from scanflow.contracts.manifest import MANIFEST_NAME, Manifest, read_manifest
 from scanflow.contracts.stages import (
+    MIN_VIEW_CONFIDENCE,
     FramesResult,
     InferenceResult,
     TrackingResult,
@@ -28,7 +29,7 @@ from scanflow.contracts.stages import (
 )
 from scanflow.storage import join, store_for
 from tasks.frames import load_frame
-from tasks.inference import MIN_VIEW_CONFIDENCE, load_views
+from tasks.inference import load_views
 
 _COMPARED_FIGURES = ("usable_fraction", "time_coverage", "median_sharpness")
 

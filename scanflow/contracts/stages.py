@@ -11,6 +11,8 @@ from pydantic import BaseModel, Field
 
 from cv.quality.analysis import ScanQuality
 
+MIN_VIEW_CONFIDENCE = 0.5  # a frame's view is named (and counted) at this confidence
+
 
 class DownloadedScan(BaseModel):
     source_uri: str

@@ -120,6 +120,9 @@ def test_the_report_of_a_first_and_a_tracked_scan_opens_in_chromium(
         # self-contained: nothing fetched from anywhere, scripts forbidden
         assert not re.search(r'(src|href)="(https?:|//|file:)', page)
         assert "Content-Security-Policy" in page and "<script" not in page
+        # every keyframe, with the view it shows
+        assert page.count('alt="keyframe at ') == len(manifest.artifacts.keyframes) > 0
+        assert re.search(r'alt="keyframe at [\d.]+ s, (front|left|right|upper occlusal)"', page)
         seen = _probe(report, tmp_path)
         assert seen["errors"] == [] and seen["h1"] == 1 and seen["without_alt"] == 0, seen
         assert seen["images"] >= 3 and seen["loaded"] == seen["images"], seen

@@ -22,6 +22,7 @@ from cv.model.predictions import EMBEDDING_DIM, FramePredictions
 from cv.synthetic import VIEWS, SyntheticScan
 from scanflow.contracts.options import ModelRef, ScanOptions
 from scanflow.contracts.stages import (
+    MIN_VIEW_CONFIDENCE,
     FramesResult,
     InferenceResult,
     InferenceWhileDecoding,
@@ -32,7 +33,6 @@ from scanflow.models.registry import BACKBONE_IDENTITY, DEFAULT_PACKAGE
 from scanflow.storage import FileStore
 from tasks.frames import extract_frames
 from tasks.inference import (
-    MIN_VIEW_CONFIDENCE,
     KeptImages,
     load_embeddings,
     load_model,
