@@ -14,7 +14,7 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import unquote
 
 from prefect import tags
@@ -24,7 +24,7 @@ from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settin
 from cv.synthetic import ScanSpec, render_scan
 from flows.process_scan import process_scan
 from scanflow.access import parse_root
-from scanflow.cli.progress import follow
+from scanflow.cli.progress import Followed, follow
 from scanflow.contracts.events import EventType, classify
 from scanflow.contracts.manifest import manifest_uri
 from scanflow.contracts.options import ScanOptions
@@ -39,6 +39,7 @@ FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 EXIT_COMPLETED = 0
 EXIT_FAILED = 1  # ours to fix: failed, crashed, cancelled, stalled (2 is a usage error)
 EXIT_REJECTED = 3  # the patient's to fix: a re-scan is needed
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT): the run is marked Cancelled
 
 
 def exit_code(state: Any) -> int:
@@ -174,8 +175,12 @@ def cmd_process(args: argparse.Namespace, settings: Settings, stack: LocalStack)
     # the flow in a thread of its own, its progress artifact followed from this one
     worker = threading.Thread(target=contextvars.copy_context().run, args=(run,), daemon=True)
     worker.start()
-    follow(progress_key(scan_id), started, lambda: not worker.is_alive())
-    worker.join()
+    followed = Followed()
+    try:
+        follow(progress_key(scan_id), started, lambda: not worker.is_alive(), followed=followed)
+        worker.join()
+    except KeyboardInterrupt:
+        _interrupted(followed.flow_run_id)
     if not outcome:
         print("scanflow process: the flow ended without a state", file=sys.stderr)
         return 1
@@ -193,6 +198,28 @@ def cmd_process(args: argparse.Namespace, settings: Settings, stack: LocalStack)
     for line in _outcome_lines(state):
         print(line, file=sys.stderr)
     return exit_code(state)
+
+
+def _interrupted(flow_run_id: Any) -> NoReturn:
+    """Ctrl-C during ``scanflow process``: the flow's thread dies with this process, so its
+    run is marked Cancelled here (the automations tell the platform), not left Running; the
+    process then ends at once (Prefect's exit handlers would wait on the flow's thread and
+    print its interrupted work)."""
+    from prefect.states import Cancelled
+
+    if flow_run_id is None:
+        print("interrupted before the run started", file=sys.stderr)
+    else:
+        with get_client(sync_client=True) as client:
+            client.set_flow_run_state(
+                flow_run_id,
+                Cancelled(message="interrupted on the command line (Ctrl-C)"),
+                force=True,
+            )
+        print(f"interrupted: run {flow_run_id} cancelled", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_INTERRUPTED)
 
 
 def cmd_reconcile(args: argparse.Namespace, settings: Settings, stack: LocalStack) -> int:

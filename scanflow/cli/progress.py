@@ -21,7 +21,7 @@ POLL_S = 0.5
 PLAIN_STEP = 20.0
 
 
-def _latest(client: Any, key: str, since: datetime) -> tuple[float, str] | None:
+def _latest(client: Any, key: str, since: datetime) -> tuple[float, str, Any] | None:
     found = client.read_artifacts(
         artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
         sort=ArtifactSort.CREATED_DESC,
@@ -29,7 +29,7 @@ def _latest(client: Any, key: str, since: datetime) -> tuple[float, str] | None:
     )
     if not found or found[0].created is None or found[0].created < since:
         return None  # nothing yet, or an earlier run's
-    return float(found[0].data or 0.0), str(found[0].description or "")
+    return float(found[0].data or 0.0), str(found[0].description or ""), found[0].flow_run_id
 
 
 class _Plain:
@@ -43,16 +43,26 @@ class _Plain:
             self.stage, self.value = kind, value
 
 
+class Followed:
+    """What the progress artifact said last, and whose run it is (known once it exists)."""
+
+    value: float | None = None
+    flow_run_id: Any = None
+
+
 def follow(
     key: str,
     since: datetime,
     finished: Callable[[], bool],
     stream: TextIO | None = None,
-) -> float | None:
+    followed: Followed | None = None,
+) -> Followed:
     """Show the progress artifact ``key`` (created after ``since``) until ``finished()``;
-    returns the last value seen."""
+    ``followed`` (returned) holds the last value and the run's id as they are seen, for a
+    caller interrupted meanwhile."""
     stream = stream or sys.stderr
-    last: tuple[float, str] | None = None
+    followed = followed or Followed()
+    last: tuple[float, str, Any] | None = None
     with get_client(sync_client=True) as client:
         if stream.isatty():
             from rich.console import Console
@@ -70,6 +80,7 @@ def follow(
                     done = finished()
                     seen = _latest(client, key, since) or last
                     if seen:
+                        followed.value, followed.flow_run_id = seen[0], seen[2]
                         bar.update(task, completed=seen[0], description=seen[1])
                         last = seen
                     if done:
@@ -81,9 +92,10 @@ def follow(
                 done = finished()
                 seen = _latest(client, key, since)
                 if seen and seen != last:
-                    plain.show(*seen)
+                    followed.value, followed.flow_run_id = seen[0], seen[2]
+                    plain.show(seen[0], seen[1])
                     last = seen
                 if done:
                     break
                 time.sleep(POLL_S)
-    return last[0] if last else None
+    return followed

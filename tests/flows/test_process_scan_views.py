@@ -133,3 +133,39 @@ def test_on_a_terminal_the_progress_is_a_bar(good_scan: SyntheticScan, tmp_path:
     assert done.stdout.decode().strip().endswith("ui-tty/manifest.json")  # stdout stays plain
     assert "━" in screen and "%" in screen, screen[-3000:]  # Rich's bar and its percentage
     assert "progress: " not in screen  # not the plain lines
+
+
+def test_ctrl_c_cancels_the_run_instead_of_leaving_it_running(tmp_path: Path) -> None:
+    """The flow runs in a thread of `scanflow process`; interrupted, the command marks its
+    run Cancelled and exits 130."""
+    import signal
+    import sys
+    import uuid
+
+    from scanflow.settings import REPO_ROOT
+
+    long = render_scan(tmp_path / "long.mp4", ScanSpec(duration_s=60.0, fps=15.0, seed=2))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scanflow.cli.main", "process", str(long.path),
+         "--patient-id", "pt-ui", "--scan-id", "ui-ctrl-c"],
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if line.startswith("progress:") and "decode" in line:
+            break
+    proc.send_signal(signal.SIGINT)
+    _, rest = proc.communicate(timeout=60)
+    err = "".join(seen) + rest
+    assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
+    found = re.search(r"^interrupted: run ([0-9a-f-]{36}) cancelled$", err, re.M)
+    assert found, err[-3000:]
+
+    async def state() -> Any:
+        async with get_client() as client:
+            return (await client.read_flow_run(uuid.UUID(found.group(1)))).state
+
+    final = asyncio.run(state())
+    assert final.type.value == "CANCELLED" and "Ctrl-C" in final.message
