@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -88,6 +89,9 @@ def test_command_line_process_and_submit(local_stack, good_scan: SyntheticScan) 
     )
     assert sub.returncode == 0, sub.stdout + sub.stderr
     assert "state: Completed" in sub.stdout and "/runs/flow-run/" in sub.stdout
+    assert "/cli-1/cli-b/report.html" in sub.stdout
+    # the run's progress, followed from the worker's run, ends full (on stderr)
+    assert re.search(r"^progress:\s+100\.0%\s+done$", sub.stderr, re.M), sub.stderr[-2000:]
     again = _cli("submit", str(good_scan.path), "--patient-id", "cli-1", "--scan-id", "cli-b")
     assert again.stdout.splitlines()[0] == sub.stdout.splitlines()[0]  # same run id
     bad = _cli("process", "/nonexistent/scan.mp4", "--patient-id", "cli-1")
