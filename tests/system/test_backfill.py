@@ -1,10 +1,10 @@
 """`scanflow backfill` on a local stack of its own: two patients' scans processed by
 production (the shipped default), then re-processed with another model on the backfill
-queue. An upload that arrives while the backfill runs starts without waiting for it; the
-backfill killed half-way resumes without re-processing what was done or duplicating the run
-in flight; every scan ends made by the new model, its previous result kept under versions/,
-its place in the patient's history kept, and the patient's trend rebuilt; run again, it
-does nothing."""
+queue, never more than one at a time on the stack's two slots, so an upload that arrives
+while the backfill runs always finds a slot. The backfill killed half-way resumes without
+re-processing what was done or duplicating the run in flight; every scan ends made by the
+new model, its previous result kept under versions/, its place in the patient's history
+kept, and the patient's trend rebuilt; run again, it does nothing."""
 
 from __future__ import annotations
 
@@ -84,13 +84,11 @@ def test_a_backfill_reprocesses_resumes_and_leaves_uploads_a_slot(
                 lambda: [r for r in _backfill_runs(box) if r.state.type.value == "RUNNING"],
             )[0]
             upload = box.submit("pc-1", good_scan.path.as_uri(), patient_id="pc")
-            waiting = [r.id for r in _backfill_runs(box) if r.state.type.value == "SCHEDULED"]
             started = box.wait_state(upload, {"RUNNING", "COMPLETED"}, timeout=120)
             assert started.work_queue_name == "default" and running.work_queue_name == "backfill"
-            # priority: no backfill run waiting when the upload came started before it
-            for run_id in waiting:
-                run = box.read(run_id)
-                assert run.start_time is None or run.start_time > started.start_time
+            # (which of an upload and a waiting backfill run a freed slot goes to is the
+            # queues' priority: tests/system/test_queue_priority.py. A backfill run the
+            # worker had already taken when the upload came may start first.)
             box.wait_state(upload, {"COMPLETED"}, timeout=300)
             # interrupted once the first scan is re-processed
             _until(
