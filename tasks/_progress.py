@@ -28,9 +28,14 @@ STAGES = {
 EVERY_S = 1.0
 
 
-def progress_key(scan_id: str) -> str:
+def scan_artifact_key(prefix: str, scan_id: str) -> str:
+    """An artifact key for a scan: keys allow lowercase letters, digits and dashes only."""
     key = "".join(c if c.isalnum() else "-" for c in scan_id.lower())
-    return f"progress-{key}"[:60].rstrip("-")
+    return f"{prefix}-{key}"[:60].rstrip("-")
+
+
+def progress_key(scan_id: str) -> str:
+    return scan_artifact_key("progress", scan_id)
 
 
 def start_progress(scan_id: str) -> str | None:

@@ -18,6 +18,7 @@ from scanflow.contracts.manifest import Manifest, manifest_uri
 from scanflow.report import report_uri, scan_report
 from scanflow.settings import Settings
 from scanflow.storage import S3Store, join, store_for
+from tasks._progress import scan_artifact_key
 
 UI_IMAGE_SIDE = 640  # px: a picture in the UI artifact (~20-60 KB as a JPEG at quality 70)
 
@@ -134,9 +135,7 @@ def publish_manifest(manifest: Manifest, scan_uri: str) -> str:
 
 
 def artifact_key(scan_id: str) -> str:
-    # Artifact keys allow lowercase letters, digits and dashes only.
-    key = "".join(c if c.isalnum() else "-" for c in scan_id.lower())
-    return f"scan-{key}"[:60].rstrip("-")
+    return scan_artifact_key("scan", scan_id)
 
 
 def _worst_frames(rows: list[list[Any]], stored: set[int]) -> list[tuple[int, str]]:
