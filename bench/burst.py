@@ -3,8 +3,9 @@ stack; every one must end exactly once. The burst itself is deployments/rehearsa
 (the load tests run it smaller); this is its command line:
 
     python bench/burst.py [-n 500] [--within 10] [--database postgres|sqlite]
+                          [--messaging redis --replicas N [--compare]]
                           [--mix-bad 0.1] [--redeliver 0.05] [--lambda-concurrency 20]
-                          [--pool-concurrency 2] [--auth] [--json out.json]
+                          [--pool-concurrency 2] [--cancel-after S] [--auth] [--json out.json]
 """
 
 from __future__ import annotations

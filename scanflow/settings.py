@@ -69,6 +69,25 @@ class Settings(BaseSettings):
         "postgresql+asyncpg://postgres@127.0.0.1:5432/scanflow",
         description="Used when database=postgres.",
     )
+    messaging: Literal["memory", "redis"] = Field(
+        "memory",
+        description="How the local server's API and its background services share events, "
+        "caches and leases: memory (one process, the default) or redis (redis_url; "
+        "PostgreSQL only), which lets the API run as several replicas beside a services "
+        "process of its own (docs/operations.md, 'The self-hosted server at scale').",
+    )
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="Redis for messaging=redis (Prefect's broker, cache, causal ordering and "
+        "concurrency leases); redis://[user:password@]host:port/db.",
+    )
+    server_replicas: int = Field(
+        1,
+        ge=1,
+        le=32,
+        description="API replicas of the local server, one port (the processes share its "
+        "socket); above 1 needs messaging=redis.",
+    )
     server_auth: SecretStr | None = Field(
         None,
         description="'user:password': the local server requires basic auth "

@@ -2,8 +2,9 @@
 self-hosted Prefect server with a process-pool worker; every one must end exactly once.
 
     python bench/burst.py [-n 500] [--within 10] [--database postgres|sqlite]
+                          [--messaging redis --replicas N [--compare]]
                           [--mix-bad 0.1] [--redeliver 0.05] [--lambda-concurrency 20]
-                          [--pool-concurrency 2] [--auth] [--json out.json]
+                          [--pool-concurrency 2] [--cancel-after S] [--auth] [--json out.json]
 
 All of it real and on loopback, in a temporary home on free ports:
 
@@ -27,6 +28,18 @@ crashed, cancelled, lost (accepted but never final), duplicates (a scan with mor
 a run that went Running more than once, or a manifest that names another run), 503-style
 retries the trigger made, time to submit and to drain, and the peak resident memory of the
 server and of the worker (its flow-run processes included) sampled every 0.5 s.
+
+And the API's answer times under the burst: each create-run call the trigger made (retries
+included, as the function waits for them), and a probe that reads the deployment (a
+database read, on a new connection as a Lambda's) every 0.2 s while the uploads arrive and
+while the runs drain, as p50/p95/max.
+
+``--messaging redis --replicas N`` runs the server at scale (``scanflow server start
+--messaging redis --replicas N``: N API replicas on one port, Prefect's services in a
+process of their own, Redis between them); ``--compare`` first runs the same burst on the
+single-process server on the same database, and prints both. ``--cancel-after S`` bounds
+the drain: S seconds after the last upload is answered, the runs still waiting in the queue
+are cancelled, and the drain covers the runs started by then (each must still end once).
 """
 
 from __future__ import annotations
@@ -192,11 +205,15 @@ class BurstStack(Sandbox):
         auth: str | None = None,
         extra_env: dict[str, str] | None = None,
         name: str = "burst",
+        messaging: str = "memory",
+        replicas: int = 1,
     ) -> None:
         super().__init__(
             name,
             database=database,
             auth=auth,
+            messaging=messaging,
+            replicas=replicas,
             settings={
                 "pool_concurrency": str(pool_concurrency),
                 "input_roots": f"s3://{BUCKET}/patients/",
@@ -267,6 +284,83 @@ class Submission:
     retries: int  # requests the trigger sent again (503, 429, dropped connections)
     started: float
     finished: float
+    create_run_s: list[float] = field(default_factory=list)  # each create-run call's time
+
+
+def _timed_api(api_class: type[Any]) -> type[Any]:
+    """The trigger's Prefect client, timing each create-run call (retries included)."""
+
+    class TimedPrefectAPI(api_class):  # type: ignore[misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.create_run_s: list[float] = []
+
+        def create_flow_run(self, *args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return super().create_flow_run(*args, **kwargs)
+            finally:
+                self.create_run_s.append(time.perf_counter() - started)
+
+    return TimedPrefectAPI
+
+
+class Probe(threading.Thread):
+    """Reads the deployment (a database read) on a new connection every ``every_s``: the
+    API's answer time as a client that arrives during the burst sees it."""
+
+    def __init__(self, stack: BurstStack, every_s: float = 0.2) -> None:
+        super().__init__(daemon=True)
+        self.url = f"{stack.api_url}/deployments/name/{DEPLOYMENT}"
+        self.auth = tuple(stack.auth.split(":", 1)) if stack.auth else None
+        self.every_s = every_s
+        self.stop_event = threading.Event()
+        self.samples: list[tuple[float, float, bool]] = []  # (when, seconds, answered 200)
+
+    def run(self) -> None:
+        while not self.stop_event.is_set():
+            started = time.monotonic()
+            try:
+                ok = httpx.get(self.url, auth=self.auth, timeout=30).status_code == 200  # type: ignore[arg-type]
+            except httpx.HTTPError:
+                ok = False
+            self.samples.append((started, time.monotonic() - started, ok))
+            self.stop_event.wait(max(0.0, self.every_s - (time.monotonic() - started)))
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.join(timeout=35)
+
+    def between(self, start: float, end: float) -> list[tuple[float, bool]]:
+        return [(s, ok) for when, s, ok in self.samples if start <= when < end]
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Answer times of one kind of call: how many, p50, p95 and max (seconds), errors."""
+
+    n: int = 0
+    p50: float = 0.0
+    p95: float = 0.0
+    max: float = 0.0
+    errors: int = 0
+
+    @classmethod
+    def of(cls, seconds: list[float], errors: int = 0) -> Latency:
+        if not seconds:
+            return cls(errors=errors)
+        ordered = sorted(seconds)
+        p95 = ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))]
+        return cls(len(ordered), statistics.median(ordered), p95, ordered[-1], errors)
+
+    def line(self) -> str:
+        if not self.n:
+            return "no calls"
+        errors = f", {self.errors} errors" if self.errors else ""
+        return (
+            f"p50 {1000 * self.p50:.0f} ms, p95 {1000 * self.p95:.0f} ms, "
+            f"max {1000 * self.max:.0f} ms ({self.n} calls{errors})"
+        )
 
 
 @contextlib.contextmanager
@@ -336,7 +430,8 @@ def submit_burst(
         config = TriggerConfig.from_env(os.environ)
         # a fresh execution environment whose client counts the requests it retries
         trigger._APIS.clear()
-        trigger._APIS[config] = PrefectAPI(config, policy=RetryPolicy(sleep=counting_sleep))
+        api = _timed_api(PrefectAPI)(config, policy=RetryPolicy(sleep=counting_sleep))
+        trigger._APIS[config] = api
         started = time.monotonic()
         with ThreadPoolExecutor(max_workers=concurrency) as pool:
             for offset, upload in deliveries:
@@ -346,7 +441,7 @@ def submit_burst(
                 pool.submit(invoke, upload)
         finished = max((r.answered_at or 0.0 for r in invocations), default=started)
         trigger._APIS.clear()
-    return Submission(invocations, retries, started, finished)
+    return Submission(invocations, retries, started, finished, list(api.create_run_s))
 
 
 # -- watching: memory and progress -------------------------------------------------------
@@ -400,16 +495,23 @@ class Watcher(threading.Thread):
         super().__init__(daemon=True)
         self.stack = stack
         self.stop_event = threading.Event()
-        self.peaks: dict[str, float] = {"server": 0.0, "worker": 0.0, "worker_alone": 0.0}
+        self.peaks: dict[str, float] = {
+            "server": 0.0,
+            "services": 0.0,
+            "worker": 0.0,
+            "worker_alone": 0.0,
+        }
         self.flow_processes_peak = 0
 
     def run(self) -> None:
         server, worker = self.stack.pid("server"), self.stack.pid("worker")
+        services = self.stack.pid("services")  # at scale only
         while not self.stop_event.wait(0.5):
             tree = _children()
             under_worker = descendants(worker, tree)
             sample = {
                 "server": sum(map(_rss_kb, descendants(server, tree))) / 1024,
+                "services": sum(map(_rss_kb, descendants(services, tree))) / 1024,
                 "worker": sum(map(_rss_kb, under_worker)) / 1024,
                 "worker_alone": _rss_kb(worker or 0) / 1024,
             }
@@ -449,6 +551,28 @@ def wait_for_drain(
             return False
         time.sleep(2.0)
     return False
+
+
+def cancel_waiting(client: httpx.Client) -> set[str]:
+    """Cancel the burst's runs still waiting in the queue (Scheduled); their ids. A run the
+    worker takes meanwhile is refused the transition and runs (not forced)."""
+    body = {
+        "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}, "tags": {"all_": ["burst"]}},
+        "limit": 200,
+    }
+    state = {"type": "CANCELLED", "name": "Cancelled", "message": "burst: --cancel-after"}
+    asked: set[str] = set()
+    cancelled: set[str] = set()
+    while True:
+        page = client.post("/flow_runs/filter", json=body).raise_for_status().json()
+        page = [r for r in page if r["id"] not in asked]
+        if not page:
+            return cancelled
+        for run in page:
+            asked.add(run["id"])
+            out = client.post(f"/flow_runs/{run['id']}/set_state", json={"state": state})
+            if out.status_code < 300 and out.json().get("status") == "ACCEPT":
+                cancelled.add(run["id"])
 
 
 def read_runs(client: httpx.Client) -> list[dict[str, Any]]:
@@ -516,24 +640,47 @@ class BurstReport:
     worker_peak_mb: float
     worker_alone_peak_mb: float
     flow_processes_peak: int
+    messaging: str = "memory"
+    replicas: int = 1
+    create_run: Latency = field(default_factory=Latency)
+    probe_submit: Latency = field(default_factory=Latency)
+    probe_drain: Latency = field(default_factory=Latency)
+    services_peak_mb: float = 0.0
+    cancelled_waiting: int = 0  # by --cancel-after, never started
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def server(self) -> str:
+        if self.messaging == "redis":
+            return f"{self.database}, {self.replicas} API replica(s) + services process, Redis"
+        return f"{self.database}, one process"
+
     def lines(self) -> list[str]:
+        services = f", services {self.services_peak_mb:.0f} MB" if self.services_peak_mb else ""
+        cancelled = (
+            f" ({self.cancelled_waiting} cancelled unstarted by --cancel-after)"
+            if self.cancelled_waiting
+            else ""
+        )
         return [
-            f"burst on {self.database}: {self.scans} uploads in {self.within_s:g} s, "
+            f"burst on {self.server}: {self.scans} uploads in {self.within_s:g} s, "
             f"{self.deliveries} deliveries, {self.lambda_concurrency} invocations in flight, "
             f"all answered within {self.submit_window_s:.1f} s",
             f"  accepted {self.accepted} (redeliveries found their run: {self.found_again})  "
             f"refused {self.refused}  dead-lettered {self.dead_lettered}",
             f"  completed {self.completed}  rejected {self.rejected}  failed {self.failed}  "
-            f"crashed {self.crashed}  cancelled {self.cancelled}  lost {self.lost}",
+            f"crashed {self.crashed}  cancelled {self.cancelled}{cancelled}  lost {self.lost}",
             f"  duplicates {self.duplicates}  unexpected outcomes {self.unexpected}",
             f"  trigger retries (503/429/dropped) {self.trigger_retries}  "
             f"Lambda re-invocations {self.lambda_retries}",
             f"  drained in {self.drain_s:.1f} s ({self.runs_per_minute:.1f} runs/min); "
             f"queue wait p50 {self.queue_wait_p50_s:.1f} s, max {self.queue_wait_max_s:.1f} s; "
             f"run p50 {self.run_p50_s:.1f} s",
-            f"  peak RSS: server {self.server_peak_mb:.0f} MB, worker with its flow runs "
+            f"  API answers: create-run {self.create_run.line()}",
+            f"    probe (deployment read, every 0.2 s) while submitting: "
+            f"{self.probe_submit.line()}",
+            f"    probe while draining: {self.probe_drain.line()}",
+            f"  peak RSS: server {self.server_peak_mb:.0f} MB{services}, worker with its flow runs "
             f"{self.worker_peak_mb:.0f} MB (worker alone {self.worker_alone_peak_mb:.0f} MB, "
             f"at most {self.flow_processes_peak} flow runs at once)",
             *(f"  note: {n}" for n in self.notes),
@@ -556,6 +703,8 @@ def analyse(
     drained_at: float,
     within_s: float,
     lambda_concurrency: int,
+    probe: Probe | None = None,
+    cancelled_ids: frozenset[str] = frozenset(),
 ) -> BurstReport:
     from cv.errors import Reason
 
@@ -593,6 +742,9 @@ def analyse(
             verdict = "lost"
         outcome[verdict] += 1
         upload = by_scan.get(run["parameters"].get("scan_id", ""))
+        if verdict == "cancelled" and run["id"] in cancelled_ids:
+            outcome["cancelled_waiting"] += 1  # the bench's doing, before it started
+            continue
         if upload is not None and verdict != upload.expected:
             unexpected += 1
             if len(notes) < 5:
@@ -653,8 +805,22 @@ def analyse(
         worker_peak_mb=watcher.peaks["worker"],
         worker_alone_peak_mb=watcher.peaks["worker_alone"],
         flow_processes_peak=watcher.flow_processes_peak,
+        messaging=stack.messaging,
+        replicas=stack.replicas,
+        create_run=Latency.of(submission.create_run_s),
+        probe_submit=_probe_latency(probe, submission.started, submission.finished),
+        probe_drain=_probe_latency(probe, submission.finished, drained_at),
+        services_peak_mb=watcher.peaks["services"],
+        cancelled_waiting=outcome["cancelled_waiting"],
         notes=notes,
     )
+
+
+def _probe_latency(probe: Probe | None, start: float, end: float) -> Latency:
+    if probe is None:
+        return Latency()
+    samples = probe.between(start, end)
+    return Latency.of([s for s, ok in samples if ok], errors=sum(1 for _, ok in samples if not ok))
 
 
 def run_burst(
@@ -671,12 +837,16 @@ def run_burst(
     stall_s: float = 600.0,
     timeout_s: float = 6 * 3600,
     progress: bool = False,
+    cancel_after_s: float | None = None,
 ) -> BurstReport:
     """Upload, submit, drain and judge one burst against a stack that is up."""
     media = render_media(stack.home / "media", seconds, width, height)
     uploads = put_uploads(stack.s3_url, plan_uploads(n, mix_bad), media)
     watcher = Watcher(stack)
     watcher.start()
+    probe = Probe(stack)
+    probe.start()
+    cancelled: set[str] = set()
     try:
         submission = submit_burst(
             stack, uploads, within_s=within_s, concurrency=lambda_concurrency, redeliver=redeliver
@@ -689,11 +859,27 @@ def run_burst(
                 flush=True,
             )
         with stack.http() as client:
+            if cancel_after_s is not None:
+                time.sleep(max(0.0, submission.finished + cancel_after_s - time.monotonic()))
+                cancelled = cancel_waiting(client)
+                if progress:
+                    print(f"cancelled {len(cancelled)} runs still waiting", flush=True)
             wait_for_drain(client, stall_s, timeout_s, progress)
         drained_at = time.monotonic()
     finally:
         watcher.stop()
-    return analyse(stack, uploads, submission, watcher, drained_at, within_s, lambda_concurrency)
+        probe.stop()
+    return analyse(
+        stack,
+        uploads,
+        submission,
+        watcher,
+        drained_at,
+        within_s,
+        lambda_concurrency,
+        probe=probe,
+        cancelled_ids=frozenset(cancelled),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -701,6 +887,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-n", "--scans", type=int, default=500)
     p.add_argument("--within", type=float, default=10.0, help="seconds the uploads span")
     p.add_argument("--database", choices=["postgres", "sqlite"], default="postgres")
+    p.add_argument(
+        "--messaging",
+        choices=["memory", "redis"],
+        default="memory",
+        help="redis: the server at scale (PostgreSQL; API replicas and a services process)",
+    )
+    p.add_argument("--replicas", type=int, default=1, help="API replicas, with --messaging redis")
+    p.add_argument(
+        "--compare",
+        action="store_true",
+        help="first the same burst on the single-process server (same database), then this",
+    )
     p.add_argument("--mix-bad", type=float, default=0.0, help="fraction of bad uploads")
     p.add_argument("--redeliver", type=float, default=0.05, help="fraction delivered twice")
     p.add_argument(
@@ -713,18 +911,61 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=3.2, help="length of each scan")
     p.add_argument("--auth", action="store_true", help="basic auth on the server")
     p.add_argument("--stall", type=float, default=600, help="give up after no progress for")
-    p.add_argument("--json", type=Path, help="also write the report here")
+    p.add_argument(
+        "--cancel-after",
+        type=float,
+        default=None,
+        metavar="S",
+        help="S seconds after the uploads are answered, cancel the runs still queued "
+        "(bounds the drain; the submission is measured in full)",
+    )
+    p.add_argument("--json", type=Path, help="also write the report(s) here")
     p.add_argument("--keep", action="store_true", help="keep the temporary home")
     args = p.parse_args(argv)
+    if args.messaging == "redis" and args.database != "postgres":
+        p.error("--messaging redis needs --database postgres")
+    if args.replicas > 1 and args.messaging != "redis":
+        p.error("--replicas above 1 needs --messaging redis")
+    if args.compare and args.messaging != "redis":
+        p.error("--compare compares the server at scale (--messaging redis) with one process")
 
     # stopped with SIGTERM (kill, timeout): unwind, so the stack and its database go too
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    layouts = [("memory", 1)] if args.compare else []
+    layouts.append((args.messaging, args.replicas))
+    reports = []
+    ok = True
+    for messaging, replicas in layouts:
+        report, passed = _one_burst(args, messaging, replicas)
+        reports.append(report)
+        ok = ok and passed
+    if len(reports) > 1:
+        print("\nAPI answer times under the burst (the same burst, one session):")
+        for report in reports:
+            print(f"  {report.server}:")
+            print(f"    create-run calls        {report.create_run.line()}")
+            print(f"    probe while submitting  {report.probe_submit.line()}")
+            print(f"    probe while draining    {report.probe_drain.line()}")
+    if args.json:
+        body = [asdict(r) for r in reports]
+        args.json.write_text(json.dumps(body if len(body) > 1 else body[0], indent=2))
+    return 0 if ok else 1
+
+
+def _one_burst(args: argparse.Namespace, messaging: str, replicas: int) -> tuple[BurstReport, bool]:
     auth = None
     if args.auth:
         auth = "burst:" + base64.urlsafe_b64encode(os.urandom(12)).decode()
-    stack = BurstStack(args.database, pool_concurrency=args.pool_concurrency, auth=auth)
+    stack = BurstStack(
+        args.database,
+        pool_concurrency=args.pool_concurrency,
+        auth=auth,
+        messaging=messaging,
+        replicas=replicas,
+    )
     stack.keep_home = args.keep
-    print(f"starting the stack ({args.database}) in {stack.home} ...", flush=True)
+    layout = f"{args.database}, messaging {messaging}, {replicas} replica(s)"
+    print(f"starting the stack ({layout}) in {stack.home} ...", flush=True)
     started = time.monotonic()
     with stack:
         print(f"stack up in {time.monotonic() - started:.1f} s", flush=True)
@@ -738,6 +979,7 @@ def main(argv: list[str] | None = None) -> int:
             seconds=args.seconds,
             stall_s=args.stall,
             progress=True,
+            cancel_after_s=args.cancel_after,
         )
         ok = report.lost == 0 and report.duplicates == 0 and report.crashed == 0
         if not ok:
@@ -745,9 +987,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(report.lines()))
     if not ok:
         print(f"kept for inspection: {stack.home} (logs/, prefect/prefect.db on SQLite)")
-    if args.json:
-        args.json.write_text(json.dumps(asdict(report), indent=2))
-    return 0 if ok and report.dead_lettered == 0 and report.unexpected == 0 else 1
+    return report, ok and report.dead_lettered == 0 and report.unexpected == 0
 
 
 if __name__ == "__main__":

@@ -119,9 +119,14 @@ def cmd_down(args: argparse.Namespace, settings: Settings, stack: LocalStack) ->
 
 def cmd_server(args: argparse.Namespace, settings: Settings, stack: LocalStack) -> int:
     if args.action == "start":
-        print(f"server: {stack.start_server()} at {settings.api_url} ({settings.database})")
+        state = stack.start_server()
+        print(f"server: {state} at {settings.api_url} ({settings.database})")
+        if stack.scaled:
+            replicas = " ".join(map(str, stack.replica_pids()))
+            print(f"  API replicas (pids {replicas}) on port {settings.server_port}")
+            print(f"  services: pid {stack.services.pid()}; messaging: Redis")
     elif args.action == "stop":
-        print(f"server: {'stopped' if stack.server.stop() else 'was not running'}")
+        print(f"server: {'stopped' if stack.stop_server() else 'was not running'}")
     else:
         print(json.dumps(stack.status(), indent=2))
         return 0 if stack.healthy() else 3

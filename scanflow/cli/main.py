@@ -57,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "database", None):
         os.environ["SCANFLOW_DATABASE"] = args.database
+    if getattr(args, "messaging", None):
+        os.environ["SCANFLOW_MESSAGING"] = args.messaging
+    if getattr(args, "replicas", None) is not None:
+        os.environ["SCANFLOW_SERVER_REPLICAS"] = str(args.replicas)
     settings = Settings()
     point_prefect(settings)
     handlers = _handlers(args.group)

@@ -21,6 +21,7 @@ Turns patients' home video scans of their teeth into insights for their orthodon
 
     scanflow up | down | demo                       the local stack; demo also processes a sample
     scanflow server start|stop|status [--database sqlite|postgres]
+                                      [--messaging memory|redis] [--replicas N]
     scanflow process VIDEO_OR_URI [--patient-id P] [--scan-id S] [--options JSON]
     scanflow submit  VIDEO_OR_URI [--patient-id P] [--scan-id S] [--wait] [--rerun]
     scanflow sample  PATH [--seconds N] [--width W --height H]
@@ -76,6 +77,12 @@ def when(text: str) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
+def _replicas(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 32:
+        raise argparse.ArgumentTypeError(f"{text!r}: replicas are 1 to 32")
+    return int(text)
+
+
 def _local(sub: Subparsers) -> None:
     _command(sub, "local", "up", help="start the local server, pool, deployment and worker")
     _command(sub, "local", "down", help="stop the local worker and server")
@@ -86,6 +93,17 @@ def _local(sub: Subparsers) -> None:
     srv = _command(sub, "local", "server", help="the local Prefect server")
     srv.add_argument("action", choices=["start", "stop", "status"])
     srv.add_argument("--database", choices=["sqlite", "postgres"])
+    srv.add_argument(
+        "--messaging",
+        choices=["memory", "redis"],
+        help="redis (PostgreSQL only): the API and Prefect's services in processes of their "
+        "own, sharing events through SCANFLOW_REDIS_URL",
+    )
+    srv.add_argument(
+        "--replicas",
+        type=_replicas,
+        help="API replicas on the one port, 1-32 (above 1: --messaging redis)",
+    )
     for name, help_ in (
         ("process", "run the flow here, now"),
         ("submit", "create a run of the deployment through the API"),

@@ -32,7 +32,7 @@ from prefect.client.schemas.filters import FlowFilter, FlowFilterName, LogFilter
 from prefect.states import Pending
 
 from scanflow.local.loopback import free_port
-from scanflow.settings import REPO_ROOT
+from scanflow.settings import REPO_ROOT, Settings
 
 FINAL = frozenset({"COMPLETED", "FAILED", "CRASHED", "CANCELLED"})
 
@@ -42,7 +42,10 @@ class Sandbox:
 
     ``settings`` are scanflow settings (``crash_retries`` for SCANFLOW_CRASH_RETRIES);
     ``env`` is anything else its processes get (AWS endpoints, credentials). On PostgreSQL
-    it gets a database of its own, dropped when it goes down.
+    it gets a database of its own, dropped when it goes down; with ``messaging="redis"``
+    (the server at scale: ``replicas`` API processes and a services process) a Redis
+    database of its own too (one of 1-15 that is empty; flushed when it goes down), since
+    two stacks on one Redis database would take each other's events.
     """
 
     def __init__(
@@ -53,9 +56,14 @@ class Sandbox:
         auth: str | None = None,
         settings: Mapping[str, str] | None = None,
         env: Mapping[str, str] | None = None,
+        messaging: str = "memory",
+        replicas: int = 1,
     ) -> None:
         self.name = name
         self.database = database
+        self.messaging = messaging
+        self.replicas = replicas
+        self.redis_url: str | None = None
         self.auth = auth
         self.home = Path(tempfile.mkdtemp(prefix=f"scanflow-{name}-"))
         self.port = free_port()
@@ -82,6 +90,16 @@ class Sandbox:
         )
         if auth:
             self.env["SCANFLOW_SERVER_AUTH"] = auth
+        if messaging == "redis":
+            # the Redis the caller's settings name (SCANFLOW_REDIS_URL), another database
+            self.redis_url = _free_redis_database(Settings().redis_url)
+            self.env.update(
+                {
+                    "SCANFLOW_MESSAGING": "redis",
+                    "SCANFLOW_REDIS_URL": self.redis_url,
+                    "SCANFLOW_SERVER_REPLICAS": str(replicas),
+                }
+            )
         self.env.update({f"SCANFLOW_{k.upper()}": v for k, v in (settings or {}).items()})
         self.env.update(env or {})
         self.keep_home = bool(os.environ.get("SCANFLOW_KEEP_TEST_HOME"))
@@ -113,6 +131,8 @@ class Sandbox:
             self.cli("down", timeout=120)
         if self.database == "postgres":
             asyncio.run(_drop_database(self.pg_database))
+        if self.redis_url is not None:
+            _flush_redis_database(self.redis_url)
         if not self.keep_home:
             shutil.rmtree(self.home, ignore_errors=True)
 
@@ -206,7 +226,8 @@ class Sandbox:
 
     # -- its processes -------------------------------------------------------------------
     def pid(self, service: str) -> int | None:
-        """The pid of one of its services (``server``, ``worker``, ``notify-worker``)."""
+        """The pid of one of its services (``server``, ``worker``, ``notify-worker``, and
+        ``services`` at scale)."""
         try:
             return int((self.home / "run" / f"{service}.pid").read_text().strip())
         except (OSError, ValueError):
@@ -225,6 +246,35 @@ class Sandbox:
                         return int(proc.name)
             time.sleep(0.2)
         raise TimeoutError(f"no process runs {run_id}")
+
+
+def _free_redis_database(base_url: str) -> str:
+    """The URL of an empty Redis database (1-15; 0 is the default stack's), claimed with a
+    key of its own."""
+    import redis  # installed with prefect-redis
+
+    claim = f"scanflow-sandbox:{os.getpid()}:{uuid.uuid4().hex}"
+    for db in range(1, 16):
+        url = f"{base_url.rstrip('/').rsplit('/', 1)[0]}/{db}"
+        client = redis.Redis.from_url(url, socket_connect_timeout=3)
+        try:
+            # claimed only if nothing else is in it (another sandbox's claim included)
+            if client.dbsize() == 0 and client.set(claim, "1") and client.dbsize() == 1:
+                return url
+        finally:
+            client.close()
+    raise RuntimeError(f"no empty Redis database (1-15) at {base_url}")
+
+
+def _flush_redis_database(url: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=3)
+    try:
+        with contextlib.suppress(redis.RedisError):
+            client.flushdb()
+    finally:
+        client.close()
 
 
 async def _drop_database(name: str) -> None:

@@ -2,6 +2,11 @@
 ``process`` work pool, the deployment from prefect.yaml and a worker, each started once
 and reused. State lives under the settings' home folder (default ``.scanflow/``).
 
+At scale (``messaging=redis``, PostgreSQL only) the server is two processes: the API,
+as ``server_replicas`` uvicorn workers sharing one port, and Prefect's background
+services (scheduler, triggers, event persister, ...) in a process of their own; the two
+share events, caches and leases through Redis.
+
 It imports Prefect, which reads its settings then: import it once PREFECT_* point at the
 right API (scanflow.cli.main does).
 """
@@ -116,7 +121,8 @@ class LocalStack:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.home = settings.home.resolve()
-        self.server = Service("server", self.home)
+        self.server = Service("server", self.home)  # the API (all its replicas)
+        self.services = Service("services", self.home)  # Prefect's services, at scale
         self.worker = Service("worker", self.home)
         self.notify_worker = Service("notify-worker", self.home)  # runs notify-outcome
 
@@ -133,6 +139,8 @@ class LocalStack:
         if self.settings.server_auth is not None:
             # every API route but GET /health and /ready then requires it
             env["PREFECT_SERVER_API_AUTH_STRING"] = self.settings.server_auth.get_secret_value()
+        if self.settings.messaging == "redis":
+            env.update(redis_messaging_env(self.settings.redis_url))
         if self.settings.database == "sqlite":
             # SQLite has one writer at a time, and a transaction that read before it writes
             # fails at once ("database is locked", a 503) when another committed meanwhile.
@@ -150,33 +158,101 @@ class LocalStack:
         except httpx.HTTPError:
             return False
 
+    @property
+    def scaled(self) -> bool:
+        """The API and Prefect's services in processes of their own (messaging=redis)."""
+        return self.settings.messaging == "redis"
+
+    def check_layout(self) -> None:
+        """Refuse a server Prefect cannot run: replicas and Redis need PostgreSQL."""
+        s = self.settings
+        if s.messaging == "redis" and s.database != "postgres":
+            raise ValueError(
+                f"--messaging redis needs --database postgres (it is {s.database}): the API "
+                "replicas and the services process share one database, which SQLite's one "
+                "writer cannot serve"
+            )
+        if s.server_replicas > 1 and s.messaging != "redis":
+            raise ValueError(
+                f"--replicas {s.server_replicas} needs --messaging redis (and PostgreSQL): "
+                "replicas share events, caches and concurrency leases through it"
+            )
+
     def start_server(self, timeout: float = 120.0) -> str:
-        """Start the server unless one already answers; returns 'running' or 'started'."""
+        """Start the server unless one already answers; returns 'running' or 'started'.
+        At scale, also its services process (started once the API answers: the API's
+        first replica migrates the database)."""
+        self.check_layout()
         if self.healthy():
+            if self.scaled and self.services.pid() is None:
+                self._start_services()
             return "running"
         if self.settings.database == "postgres":
             asyncio.run(_ensure_postgres_database(self.settings.postgres_url))
         (self.home / "prefect").mkdir(parents=True, exist_ok=True)
-        pid = self.server.start(
-            PREFECT
-            + [
-                "server",
-                "start",
-                "--host",
-                self.settings.server_host,
-                "--port",
-                str(self.settings.server_port),
-            ],
-            self.server_env(),
-        )
+        env = self.server_env()
+        if self.scaled:
+            _ping_redis(self.settings.redis_url)
+            # Migrated once, here: replicas that each migrate a fresh database at start
+            # race to create the same tables, and all but one fail.
+            subprocess.run(
+                PREFECT + ["--no-prompt", "server", "database", "upgrade", "--yes"],
+                cwd=REPO_ROOT,
+                env=env,
+                check=True,
+                capture_output=True,
+            )
+            env["PREFECT_SERVER_DATABASE_MIGRATE_ON_START"] = "false"
+        args = [
+            "server",
+            "start",
+            "--host",
+            self.settings.server_host,
+            "--port",
+            str(self.settings.server_port),
+        ]
+        if self.scaled:
+            # uvicorn's workers share the one listening socket: clients keep one address
+            # and the kernel spreads connections over the replicas (Prefect implies
+            # --no-services above one worker; said here for one replica too)
+            args += ["--no-services", "--workers", str(self.settings.server_replicas)]
+        pid = self.server.start(PREFECT + args, env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.healthy():
+            # at scale: every replica up, not only the first to answer
+            replicas = len(self.replica_pids())
+            replicas_up = not self.scaled or replicas >= self.settings.server_replicas
+            if replicas_up and self.healthy():
+                if self.scaled:
+                    self._start_services()
                 return "started"
             if not _alive(pid):  # not pid(): until exec, the child's cmdline is ours
                 break
             time.sleep(0.5)
         raise RuntimeError(f"the Prefect server did not come up; see {self.server.log_file}")
+
+    def _start_services(self) -> None:
+        pid = self.services.start(PREFECT + ["server", "services", "start"], self.server_env())
+        time.sleep(1.0)
+        if not _alive(pid):
+            raise RuntimeError(
+                f"Prefect's services process exited at once; see {self.services.log_file}"
+            )
+
+    def stop_server(self) -> bool:
+        """Stop the services process (at scale) and the API; True if something ran."""
+        services = self.services.stop()
+        return self.server.stop() or services
+
+    def replica_pids(self) -> list[int]:
+        """The API's replicas: uvicorn's worker processes under the server's (the server's
+        own process when it runs one)."""
+        pid = self.server.pid()
+        if pid is None:
+            return []
+        if not self.scaled:
+            return [pid]
+        return sorted(c for c in _children_of(pid) if b"spawn_main" in _cmdline(c))
 
     # -- pool, deployment, worker ------------------------------------------------------
     def ensure_pool(self) -> None:
@@ -257,7 +333,7 @@ class LocalStack:
         return {
             "worker": self.worker.stop(),
             "notify-worker": self.notify_worker.stop(),
-            "server": self.server.stop(),
+            "server": self.stop_server(),
         }
 
     def status(self) -> dict[str, object]:
@@ -265,12 +341,64 @@ class LocalStack:
             "api_url": self.settings.api_url,
             "healthy": self.healthy(),
             "server_pid": self.server.pid(),
+            "messaging": self.settings.messaging,
+            "replica_pids": self.replica_pids(),
+            "services_pid": self.services.pid(),
             "worker_pid": self.worker.pid(),
             "notify_worker_pid": self.notify_worker.pid(),
             "database": self.settings.database,
             "basic_auth": self.settings.server_auth is not None,
             "home": str(self.home),
         }
+
+
+def redis_messaging_env(redis_url: str) -> dict[str, str]:
+    """Prefect's settings that put its messaging broker and cache, the causal ordering of
+    events and the concurrency leases on Redis (the prefect-redis package): what several
+    API replicas and a services process need to share."""
+    return {
+        "PREFECT_MESSAGING_BROKER": "prefect_redis.messaging",
+        "PREFECT_MESSAGING_CACHE": "prefect_redis.messaging",
+        "PREFECT_SERVER_EVENTS_CAUSAL_ORDERING": "prefect_redis.ordering",
+        "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": "prefect_redis.lease_storage",
+        "PREFECT_REDIS_MESSAGING_URL": redis_url,
+    }
+
+
+def _ping_redis(url: str) -> None:
+    import redis  # installed with prefect-redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        where = url.rsplit("@", 1)[-1]  # not the password, if the URL has one
+        raise RuntimeError(
+            f"Redis at {where} does not answer ({exc}); start it, or set SCANFLOW_REDIS_URL"
+        ) from exc
+    finally:
+        client.close()
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _children_of(pid: int) -> list[int]:
+    children: list[int] = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            children.append(int(entry.name))
+    return children
 
 
 async def _ensure_process_pool(
