@@ -38,8 +38,9 @@ while the runs drain, as p50/p95/max.
 --messaging redis --replicas N``: N API replicas on one port, Prefect's services in a
 process of their own, Redis between them); ``--compare`` first runs the same burst on the
 single-process server on the same database, and prints both. ``--cancel-after S`` bounds
-the drain: S seconds after the last upload is answered, the runs still waiting in the queue
-are cancelled, and the drain covers the runs started by then (each must still end once).
+the drain: S seconds after the last upload is answered, the pool's queues are paused and the
+runs still waiting in them are cancelled; the drain covers the runs started by then (each
+must still end once; the runs per minute count those).
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote_plus
+from urllib.parse import quote, quote_plus
 
 import httpx
 
@@ -553,9 +554,16 @@ def wait_for_drain(
     return False
 
 
-def cancel_waiting(client: httpx.Client) -> set[str]:
-    """Cancel the burst's runs still waiting in the queue (Scheduled); their ids. A run the
-    worker takes meanwhile is refused the transition and runs (not forced)."""
+def cancel_waiting(client: httpx.Client, pool: str = "process") -> set[str]:
+    """Stop the burst where it stands: pause the pool's queues, so the worker takes no
+    more runs, then cancel the burst's runs still waiting (Scheduled); their ids. Cancelling
+    while the worker still polls would race it: a run it took meanwhile (Pending) would be
+    cancelled and still start."""
+    queues = client.post(f"/work_pools/{pool}/queues/filter", json={}).raise_for_status()
+    for queue in queues.json():
+        path = f"/work_pools/{pool}/queues/{quote(queue['name'], safe='')}"
+        client.patch(path, json={"is_paused": True}).raise_for_status()
+    time.sleep(5.0)  # a poll already under way (1 s) and the worker's prefetch settle
     body = {
         "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}, "tags": {"all_": ["burst"]}},
         "limit": 200,
@@ -646,7 +654,7 @@ class BurstReport:
     probe_submit: Latency = field(default_factory=Latency)
     probe_drain: Latency = field(default_factory=Latency)
     services_peak_mb: float = 0.0
-    cancelled_waiting: int = 0  # by --cancel-after, never started
+    cancelled_waiting: int = 0  # still queued when --cancel-after stopped the burst
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -658,7 +666,7 @@ class BurstReport:
     def lines(self) -> list[str]:
         services = f", services {self.services_peak_mb:.0f} MB" if self.services_peak_mb else ""
         cancelled = (
-            f" ({self.cancelled_waiting} cancelled unstarted by --cancel-after)"
+            f" ({self.cancelled_waiting} of them waiting, by --cancel-after)"
             if self.cancelled_waiting
             else ""
         )
@@ -797,7 +805,9 @@ def analyse(
         trigger_retries=submission.retries,
         lambda_retries=sum(max(0, inv.attempts - 1) for inv in submission.invocations),
         drain_s=drain,
-        runs_per_minute=60 * len(runs) / drain if drain > 0 else 0.0,
+        runs_per_minute=(
+            60 * (len(runs) - outcome["cancelled_waiting"]) / drain if drain > 0 else 0.0
+        ),
         queue_wait_p50_s=statistics.median(waits) if waits else 0.0,
         queue_wait_max_s=max(waits, default=0.0),
         run_p50_s=statistics.median(spans) if spans else 0.0,
