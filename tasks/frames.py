@@ -30,6 +30,7 @@ from cv.video.frames import (
     decoder_threads,
     probe_video,
     sample_frames,
+    skips_frames,
 )
 from scanflow.contracts.options import ScanOptions
 from scanflow.contracts.stages import (
@@ -129,6 +130,7 @@ def extract_frames(
         publisher.on_frame(frame)
         progress(frame.quality.time_s)
 
+    reference_only = skips_frames(info, options.decode == "reference")
     with publisher:
         decoded = sample_frames(
             path,
@@ -138,6 +140,7 @@ def extract_frames(
             max_side=options.max_side,
             on_frame=on_frame,
             decoder_threads=decoder_threads(cpu_threads()),
+            reference_only=reference_only,
         )
         sampled = publisher.finish()
         ahead = _predictions(handoff, model, work) if handoff and model is not None else None
@@ -164,8 +167,9 @@ def extract_frames(
     )
     quality = verdict.quality
     logger.info(
-        "decoded %d frames, kept %d, %d usable (%.0f%%)",
+        "decoded %d frames%s, kept %d, %d usable (%.0f%%)",
         quality.frames_decoded,
+        " (reference frames only)" if reference_only else "",
         len(kept),
         quality.usable_frames,
         100 * quality.usable_fraction,

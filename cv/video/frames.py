@@ -247,6 +247,18 @@ def decoder_threads(cores: int) -> int:
     return max(2, min(16, 3 * cores))
 
 
+# Skipping non-reference frames leaves about 3/5 of them on a stream with B-frames (a third
+# to a half elsewhere): at 24 fps and above, at least the 15 fps at which the quality
+# detectors are measured (bench/quality.py). Below it every frame is decoded.
+MIN_FPS_TO_SKIP = 24.0
+
+
+def skips_frames(info: VideoInfo, reference_only: bool) -> bool:
+    """Whether ``sample_frames`` should skip non-reference frames of this video: asked for,
+    and its frame rate (declared) at least MIN_FPS_TO_SKIP."""
+    return reference_only and info.fps is not None and info.fps >= MIN_FPS_TO_SKIP
+
+
 @contextmanager
 def opencv_threads(n: int) -> Iterator[None]:
     """Run the block with OpenCV's thread pool at ``n`` threads (process-wide), then restore.
@@ -272,6 +284,7 @@ def sample_frames(
     max_side: int,
     on_frame: Callable[[SampledFrame], None],
     decoder_threads: int = 0,
+    reference_only: bool = False,
 ) -> DecodeResult:
     """Stream-decode a scan, keeping the sharpest frame of every 1/sample_fps window.
 
@@ -287,6 +300,10 @@ def sample_frames(
         on_frame: called with every kept frame, in order.
         decoder_threads: FFmpeg's decoding threads; 0 lets FFmpeg choose (the cores it
             can see, plus one: in a container with a CPU quota, pass the quota's).
+        reference_only: skip the frames no other frame refers to (FFmpeg's
+            ``skip_frame=NONREF``: the non-reference B-frames of H.264 and HEVC), which are
+            then neither decoded nor measured. ``FrameQuality.index`` stays the position among
+            the measured frames; their times stay true. See ``skips_frames``.
     Returns:
         FrameQuality of every decoded frame, and warnings about damage that decoding
         survived (timestamps going backwards, frames the decoder flagged corrupt).
@@ -305,6 +322,8 @@ def sample_frames(
             # the same bound while decoding: a later parameter set can change the frame size
             ctx.options = {**ctx.options, **_decoder_options(limits)}
             _threaded(stream, decoder_threads)
+            if reference_only:
+                ctx.skip_frame = "NONREF"
             guard = ParameterSetGuard.for_stream(ctx.name, ctx.extradata)
             for packet in container.demux(stream):
                 if guard is not None:

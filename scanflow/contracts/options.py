@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from cv.quality.analysis import QualityThresholds
@@ -63,6 +65,13 @@ class ScanOptions(BaseModel):
     batch_size: int = Field(16, ge=1, le=512, description="Frames per model forward pass.")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps.")
     min_usable_frames: int = Field(8, ge=1, description="Fewest usable frames to accept a scan.")
+    decode: Literal["reference", "all"] = Field(
+        "reference",
+        description=(
+            "reference: at 24 fps and above, skip the frames no other frame refers to "
+            "(non-reference B-frames; ~1/4 less decoding); all: decode and measure every frame."
+        ),
+    )
     limits: Limits = Field(default_factory=Limits)
     model: ModelRef = Field(default_factory=ModelRef)
 

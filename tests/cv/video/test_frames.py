@@ -10,7 +10,15 @@ import pytest
 
 from cv.errors import Reason, RejectedScan
 from cv.synthetic import ScanSpec, SyntheticScan, render_scan
-from cv.video.frames import SampledFrame, VideoLimits, luma_plane, probe_video, sample_frames
+from cv.video.frames import (
+    SampledFrame,
+    VideoInfo,
+    VideoLimits,
+    luma_plane,
+    probe_video,
+    sample_frames,
+    skips_frames,
+)
 
 
 def _sample(path: Path, limits: VideoLimits | None = None, fps: float = 2.0):
@@ -203,3 +211,58 @@ def test_opencv_runs_on_one_thread_while_decoding(good_scan: SyntheticScan) -> N
     )
     assert seen and set(seen) == {1}
     assert cv2.getNumThreads() == before
+
+
+@pytest.mark.parametrize("codec", ["libx264", "libx265"])
+def test_reference_only_skips_non_reference_frames_and_keeps_true_times(
+    scans_dir: Path, codec: str
+) -> None:
+    scan = render_scan(
+        scans_dir / f"b-frames-{codec}.mp4",
+        ScanSpec(duration_s=4.0, fps=30.0, seed=3, blurred=frozenset(range(40, 50)), codec=codec),
+    )
+    limits = VideoLimits()
+    info = probe_video(scan.path, limits)
+    every, part = [], []
+    full = sample_frames(
+        scan.path, info, limits, sample_fps=2, max_side=640, on_frame=every.append
+    ).qualities
+    skipped = sample_frames(
+        scan.path,
+        info,
+        limits,
+        sample_fps=2,
+        max_side=640,
+        on_frame=part.append,
+        reference_only=True,
+    ).qualities
+    assert len(full) == len(scan.frames) == 120
+    # the encoders write B-frames that nothing refers to: those are not decoded
+    assert 0.3 * len(full) < len(skipped) < 0.9 * len(full)
+    by_time = {round(q.time_s, 4): q for q in full}
+    for i, q in enumerate(skipped):
+        assert q.index == i  # the position among measured frames
+        twin = by_time[round(q.time_s, 4)]  # a true time, and the same frame's figures
+        assert q.sharpness == pytest.approx(twin.sharpness)
+        assert q.brightness == pytest.approx(twin.brightness)
+    # still a kept frame in every half-second window, and the blurred run is still measured
+    assert [int(k.quality.time_s * 2) for k in part] == list(range(8))
+    blurred_times = {round(f.time_s, 4) for f in scan.frames if f.blurred}
+    assert any(round(q.time_s, 4) in blurred_times for q in skipped)
+
+
+@pytest.mark.parametrize(
+    ("fps", "asked", "skips"),
+    [
+        (30.0, True, True),
+        (24.0, True, True),
+        (15.0, True, False),
+        (None, True, False),
+        (60.0, False, False),
+    ],
+)
+def test_frames_are_skipped_only_when_asked_and_at_24_fps_or_more(
+    fps: float | None, asked: bool, skips: bool
+) -> None:
+    info = VideoInfo(1000, "h264", 640, 480, 10.0, fps)
+    assert skips_frames(info, asked) is skips

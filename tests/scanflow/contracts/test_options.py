@@ -104,6 +104,7 @@ def test_the_thresholds_take_the_runs_minimum_duration_and_frames() -> None:
         {"keyframes": 65},
         {"batch_size": 513},
         {"min_usable_frames": 0},
+        {"decode": "keyframes"},
         {"colour": "blue"},
     ],
 )
@@ -124,6 +125,8 @@ def test_options_round_trip_as_the_ui_and_the_api_send_them() -> None:
     assert options.model.sha256 == "ab" * 32 and options.model.name is None
     assert ScanOptions.model_validate_json(options.model_dump_json()) == options
     assert ScanOptions().model == ModelRef()  # empty: the production model
+    assert ScanOptions().decode == "reference"
+    assert ScanOptions.model_validate({"decode": "all"}).decode == "all"
 
 
 @pytest.mark.parametrize("sha256", ["AB" * 32, "ab" * 31, "ab" * 33, "xy" * 32])
