@@ -24,7 +24,7 @@ from cv.errors import ProcessingError, Reason, RejectedScan
 from cv.images import decode_jpeg
 from cv.model.streaming import StreamingClassifier
 from cv.quality.analysis import Fault, FrameQuality
-from cv.synthetic import SyntheticScan
+from cv.synthetic import ScanSpec, SyntheticScan, render_scan
 from cv.video.frames import SampledFrame, VideoInfo
 from scanflow.contracts.options import ScanOptions
 from scanflow.contracts.stages import FramesResult, ModelInfo
@@ -373,3 +373,22 @@ def test_the_stream_batch_is_the_runs_batch_when_smaller(tmp_path: Path) -> None
     handoff = hand_off_model(_missing_model(tmp_path), _info(320, 240), options, tmp_path, None)
     with handoff.classifier:
         assert handoff.classifier.batch_size == 2
+
+
+def test_a_30_fps_scan_is_judged_alike_on_its_reference_frames(
+    scans_dir: Path, tmp_path: Path
+) -> None:
+    """The default skips non-reference frames at 30 fps: fewer frames measured, the same
+    verdict, the same kept windows, and frame_quality.json one row a measured frame."""
+    scan = render_scan(
+        scans_dir / "thirty.mp4",
+        ScanSpec(duration_s=6.0, fps=30.0, seed=4, blurred=frozenset(range(40, 60))),
+    )
+    every = _extract(scan.path, tmp_path / "all", tmp_path / "w1", ScanOptions(decode="all"))
+    part = _extract(scan.path, tmp_path / "ref", tmp_path / "w2")
+    assert every.quality.frames_decoded == 180
+    assert 0.3 * 180 < part.quality.frames_decoded < 0.9 * 180
+    assert len(_rows(tmp_path / "ref")) == part.quality.frames_decoded
+    assert part.quality.usable == every.quality.usable
+    assert part.quality.blurry_fraction == pytest.approx(every.quality.blurry_fraction, abs=0.06)
+    assert [int(k.time_s * 2) for k in part.kept] == [int(k.time_s * 2) for k in every.kept]
