@@ -116,15 +116,16 @@ GPU_SERVICE_FACTOR = 0.6
 # Assumption: a Fargate vCPU runs the flow as fast as one of these cores.
 FARGATE_SERVICE_FACTOR = 1.0
 
-# -- measured here (bench/throughput.py, 2026-12-01, 2 cores) -----------------------------
-# A 20 s 640x480 30 fps synthetic scan, runs submitted one at a time to an idle local
-# worker: medians of the run's first task start to its last task end, Pending to the
-# first task (process start, imports), the last task's end to the process's exit; and
-# the spread of the work over 12 runs in one warm process (its coefficient of variation).
-SERVICE_S = 3.3
-BEFORE_S = 3.0
-AFTER_S = 1.0
-SERVICE_CV = 0.05
+# -- measured here (bench/throughput.py, 2026-12-01 07:11 UTC, 2 cores) --------------------
+# A 20 s 640x480 30 fps synthetic scan, 3 runs submitted one at a time to an idle local
+# worker, medians: Pending to the first task (process start, imports) 6.90 s; the first
+# task's start to the final state 8.98 s (a fresh process: torch's import and the model's
+# load are in it; the same scan takes 5.21 s in a warm process); the final state to the
+# process's exit 1.78 s. SERVICE_CV: the spread of 11 warm runs (sd/mean).
+SERVICE_S = 8.98
+BEFORE_S = 6.90
+AFTER_S = 1.78
+SERVICE_CV = 0.09
 LOCAL_POLL_S = 1.0  # the local stack's worker_query_seconds
 LOCAL_POOL = 2  # the local pool's default concurrency
 
@@ -242,23 +243,29 @@ def always_on_policy(workers: int) -> Policy:
 # -- the plan ----------------------------------------------------------------------------------
 
 
-def run_load(policy: Policy, load: Load, seed: int) -> Result:
-    return simulate(policy, load.arrivals, services(len(load.arrivals), seed), load.horizon_s)
+def run_load(policy: Policy, load: Load, seed: int, service_s: float = SERVICE_S) -> Result:
+    work = services(len(load.arrivals), seed, service_s)
+    return simulate(policy, load.arrivals, work, load.horizon_s)
 
 
 def smallest(
-    make: Callable[[int], Policy], load: Load, seed: int, target_s: float, most: int = 400
+    make: Callable[[int], Policy],
+    load: Load,
+    seed: int,
+    target_s: float,
+    service_s: float = SERVICE_S,
+    most: int = 400,
 ) -> tuple[int, Result] | None:
     """The smallest size whose p95 latency meets ``target_s`` (latency never grows with size:
     a bisection), or None up to ``most``."""
     lo, hi = 1, most
-    top = run_load(make(hi), load, seed)
+    top = run_load(make(hi), load, seed, service_s)
     if percentile(top.latencies, 95) > target_s:
         return None
     best = (hi, top)
     while lo < hi:
         mid = (lo + hi) // 2
-        res = run_load(make(mid), load, seed)
+        res = run_load(make(mid), load, seed, service_s)
         if percentile(res.latencies, 95) <= target_s:
             best, hi = (mid, res), mid
         else:
@@ -285,9 +292,9 @@ HEADER = (
 )
 
 
-def plan(seed: int, target_s: float, plots: bool, zstd: bool) -> None:
+def plan(seed: int, target_s: float, plots: bool, zstd: bool, service_s: float = SERVICE_S) -> None:
     start = fargate_start_s(zstd=zstd)
-    print(f"service time {SERVICE_S:.2f} s (cv {SERVICE_CV:.2f}), per run before "
+    print(f"service time {service_s:.2f} s (cv {SERVICE_CV:.2f}), per run before "
           f"{BEFORE_S:.2f} s / after {AFTER_S:.2f} s (measured here, bench/throughput.py); "
           f"Fargate cold start {start:.1f} s for {IMAGE_COMPRESSED_MB:.0f} MB; "
           f"GPU scale-out {GPU_SCALE_OUT_S:.0f} s after a 1-minute evaluation")  # fmt: skip
@@ -296,17 +303,17 @@ def plan(seed: int, target_s: float, plots: bool, zstd: bool) -> None:
         n = len(load.arrivals)
         print(f"\n{load.name}: {n} uploads" + (" in a day" if load.per_month else ""))
         print(HEADER)
-        found = smallest(always_on_policy, load, seed, target_s)
+        found = smallest(always_on_policy, load, seed, target_s, service_s)
         sized = found[0] if found else 1
         for policy in (push_policy(zstd=zstd), gpu_policy(), always_on_policy(sized)):
-            print(row(load, run_load(policy, load, seed)))
+            print(row(load, run_load(policy, load, seed, service_s)))
         print(f"  meeting p95 <= {target_s:.0f} s:")
         for label, make in (
             ("push pool concurrency limit", lambda k: push_policy(k, zstd)),
             ("GPU MaxInstances (pool limit = it)", gpu_policy),
             ("always-on workers", always_on_policy),
         ):
-            got = smallest(make, load, seed, target_s)
+            got = smallest(make, load, seed, target_s, service_s)
             if got is None:
                 print(f"    {label}: none up to 400")
                 continue
@@ -315,12 +322,14 @@ def plan(seed: int, target_s: float, plots: bool, zstd: bool) -> None:
             print(f"    {label}: {k} (p95 {percentile(res.latencies, 95):.0f} s, "
                   f"${res.cost_per_scan:.4f}/scan{month})")  # fmt: skip
         if plots:
-            curves[load.name] = _curves(load, seed, sized)
+            curves[load.name] = _curves(load, seed, sized, service_s)
     if plots:
         _plot(curves, target_s)
 
 
-def _curves(load: Load, seed: int, sized: int) -> dict[str, list[tuple[int, float, float]]]:
+def _curves(
+    load: Load, seed: int, sized: int, service_s: float
+) -> dict[str, list[tuple[int, float, float]]]:
     """(size, p95 latency, $ per scan) of each policy over a range of sizes."""
     top = max(8, 2 * sized)
     sizes = sorted({1, 2, 3, 4, 6, 8, 12, 16, 20, 30, 40, 60, 80, top} - {0})
@@ -329,7 +338,7 @@ def _curves(load: Load, seed: int, sized: int) -> dict[str, list[tuple[int, floa
                         ("always-on workers", always_on_policy)):  # fmt: skip
         pts = []
         for k in sizes:
-            res = run_load(make(k), load, seed)
+            res = run_load(make(k), load, seed, service_s)
             pts.append((k, percentile(res.latencies, 95), res.cost_per_scan))
         out[label] = pts
     return out
@@ -368,6 +377,8 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--no-plots", action="store_true")
     ap.add_argument("--zstd", action="store_true", help="zstd image layers (-27%% start)")
+    ap.add_argument("--service-s", type=float, default=None,
+                    help=f"a run's work, s (default {SERVICE_S}: 20 s 640x480)")  # fmt: skip
     ap.add_argument("--validate", action="store_true", help="simulate the local pool vs a burst")
     ap.add_argument("-n", "--scans", type=int, default=100, help="--validate: the burst's size")
     ap.add_argument("--within", type=float, default=10.0, help="--validate: its span, s")
@@ -378,7 +389,8 @@ def main() -> int:
 
         validate(args.scans, args.within, args.alone)
         return 0
-    plan(args.seed, args.p95_target, not args.no_plots, args.zstd)
+    service_s = SERVICE_S if args.service_s is None else args.service_s
+    plan(args.seed, args.p95_target, not args.no_plots, args.zstd, service_s)
     return 0
 
 

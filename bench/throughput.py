@@ -21,7 +21,7 @@ Three measurements of the same synthetic scan (``scanflow sample``: 640x480, 30 
 
 Before the burst, ``--overhead-runs`` runs are submitted one at a time to an idle worker,
 and each run's overhead is read from Prefect's state history (flow-run states, task runs'
-start and end times) and from the flow-run process itself (seen in /proc every 20 ms, by
+start and end times) and from the flow-run process itself (seen in /proc every 50 ms, by
 the ``PREFECT__FLOW_RUN_ID`` in its environment): Scheduled to Pending (the worker's poll),
 Pending to Running (process start, imports), Running to the first task run's start, the
 last task run's end to the Completed state, and Completed to the process's exit.
@@ -64,14 +64,14 @@ class ProcessWatch(threading.Thread):
     environment) was seen, sampled every ``period`` seconds among the worker's
     descendants."""
 
-    def __init__(self, root_pid: int, period: float = 0.02) -> None:
+    def __init__(self, root_pid: int, period: float = 0.05) -> None:
         super().__init__(daemon=True)
         self.root_pid = root_pid
         self.period = period
         self.first: dict[str, float] = {}
         self.last: dict[str, float] = {}
-        self._stop = threading.Event()
-        self._known: dict[int, str | None] = {}
+        self._halt = threading.Event()
+        self._known: dict[int, str] = {}
 
     def _descendants(self) -> list[int]:
         tree: dict[int, list[int]] = {}
@@ -91,17 +91,19 @@ class ProcessWatch(threading.Thread):
         return found
 
     def _run_id(self, pid: int) -> str | None:
-        if pid not in self._known:
-            run_id = None
-            with contextlib.suppress(OSError):
-                for item in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
-                    if item.startswith(b"PREFECT__FLOW_RUN_ID="):
-                        run_id = item.split(b"=", 1)[1].decode()
-            self._known[pid] = run_id
-        return self._known[pid]
+        if pid in self._known:
+            return self._known[pid]
+        # not cached while absent: a child forked by the worker has the worker's environment
+        # until it execs the flow run's interpreter
+        with contextlib.suppress(OSError):
+            for item in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                if item.startswith(b"PREFECT__FLOW_RUN_ID="):
+                    self._known[pid] = item.split(b"=", 1)[1].decode()
+                    return self._known[pid]
+        return None
 
     def run(self) -> None:
-        while not self._stop.wait(self.period):
+        while not self._halt.wait(self.period):
             now = time.time()
             for pid in self._descendants():
                 run_id = self._run_id(pid)
@@ -110,7 +112,7 @@ class ProcessWatch(threading.Thread):
                     self.last[run_id] = now
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(timeout=5)
 
 
@@ -401,7 +403,9 @@ def main() -> int:
                 print(f"stack up; measuring the bound ({args.scans} scans) ...", flush=True)
                 bwall, bper = bound(box, video, args.scans)
                 cwall, cper = (0.0, []) if args.skip_cold else cold(box, video, args.scans)
+                print(f"bound {bwall:.1f} s {bper}; cold {cwall:.1f} s {cper}", flush=True)
                 alone = overhead(box, video, args.overhead_runs)
+                print(f"alone: {alone}", flush=True)
                 scan = str(args.video or f"{args.seconds:g} s synthetic 640x480 at 30 fps")
                 report = Report(args.scans, scan, bwall, bper, cwall or float("nan"),
                                 cper, [_times(a) for a in alone])  # fmt: skip

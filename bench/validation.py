@@ -70,16 +70,16 @@ def validate(n: int, within_s: float, alone: int) -> None:
                 stack.wait_state(run_id, {"COMPLETED", "FAILED", "CRASHED"}, timeout=300)
                 _settle(watch, str(run_id))
                 singles.append(run_times(stack, run_id, watch))
-            uploads = put_uploads(stack.s3_url, plan_uploads(n, 0.0), media)
-            print(f"burst: {n} uploads within {within_s:g} s ...", flush=True)
-            submit_burst(stack, uploads, within_s=within_s, concurrency=20, redeliver=0.05)
-            with stack.http() as client:
-                if not wait_for_drain(client, stall_s=600, timeout_s=3 * 3600):
-                    raise RuntimeError("the burst did not drain")
-                ids = {u.scan_id for u in uploads}
-                runs = [r for r in read_runs(client) if r["parameters"].get("scan_id") in ids]
         finally:
-            watch.stop()
+            watch.stop()  # not during the burst: sampling /proc costs CPU
+        uploads = put_uploads(stack.s3_url, plan_uploads(n, 0.0), media)
+        print(f"burst: {n} uploads within {within_s:g} s ...", flush=True)
+        submit_burst(stack, uploads, within_s=within_s, concurrency=20, redeliver=0.05)
+        with stack.http() as client:
+            if not wait_for_drain(client, stall_s=600, timeout_s=3 * 3600):
+                raise RuntimeError("the burst did not drain")
+            ids = {u.scan_id for u in uploads}
+            runs = [r for r in read_runs(client) if r["parameters"].get("scan_id") in ids]
     _report(singles, runs)
 
 
