@@ -52,6 +52,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scanflow.local.sandbox import FINAL, Sandbox  # noqa: E402
+from scanflow.local.stack import process_tree  # noqa: E402
 
 GOAL = 0.80  # the worker should reach this share of the bound's runs per minute
 
@@ -74,15 +75,7 @@ class ProcessWatch(threading.Thread):
         self._known: dict[int, str] = {}
 
     def _descendants(self) -> list[int]:
-        tree: dict[int, list[int]] = {}
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
-            try:
-                stat = Path(f"/proc/{entry.name}/stat").read_text()
-            except OSError:
-                continue
-            tree.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry.name))
+        tree = process_tree()
         found, todo = [], list(tree.get(self.root_pid, []))
         while todo:
             pid = todo.pop()

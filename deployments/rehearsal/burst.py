@@ -70,6 +70,7 @@ import httpx
 
 from scanflow.local.loopback import MotoServer
 from scanflow.local.sandbox import Sandbox
+from scanflow.local.stack import process_tree
 
 ROOT = Path(__file__).resolve().parents[2]
 TRIGGER_DIR = ROOT / "deployments" / "trigger"
@@ -448,20 +449,6 @@ def submit_burst(
 # -- watching: memory and progress -------------------------------------------------------
 
 
-def _children() -> dict[int, list[int]]:
-    tree: dict[int, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry.name}/stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        tree.setdefault(ppid, []).append(int(entry.name))
-    return tree
-
-
 def _rss_kb(pid: int) -> int:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -508,7 +495,7 @@ class Watcher(threading.Thread):
         server, worker = self.stack.pid("server"), self.stack.pid("worker")
         services = self.stack.pid("services")  # at scale only
         while not self.stop_event.wait(0.5):
-            tree = _children()
+            tree = process_tree()
             under_worker = descendants(worker, tree)
             sample = {
                 "server": sum(map(_rss_kb, descendants(server, tree))) / 1024,

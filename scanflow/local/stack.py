@@ -387,8 +387,9 @@ def _cmdline(pid: int) -> bytes:
         return b""
 
 
-def _children_of(pid: int) -> list[int]:
-    children: list[int] = []
+def process_tree() -> dict[int, list[int]]:
+    """Every process's children, by parent pid, from /proc (Linux)."""
+    tree: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -396,9 +397,12 @@ def _children_of(pid: int) -> list[int]:
             stat = (entry / "stat").read_text()
         except OSError:
             continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-            children.append(int(entry.name))
-    return children
+        tree.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry.name))
+    return tree
+
+
+def _children_of(pid: int) -> list[int]:
+    return process_tree().get(pid, [])
 
 
 async def _ensure_process_pool(
