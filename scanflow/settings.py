@@ -97,6 +97,12 @@ class Settings(BaseSettings):
     work_pool: str = Field("process", description="Local work pool name.")
     pool_concurrency: int = Field(2, ge=1, description="Runs the local pool runs at once.")
     deployment: str = Field("process-scan/local", description="flow/deployment to submit to.")
+    prefork: bool = Field(
+        True,
+        description="The local worker forks each flow run from a warm parent with Prefect, "
+        "the flows and the model loaded (scanflow.local.prefork), instead of starting a "
+        "fresh interpreter per run; false: Prefect's own command.",
+    )
     worker_query_seconds: float = Field(
         1.0, gt=0, le=30, description="How often the worker polls for runs."
     )

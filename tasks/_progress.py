@@ -4,16 +4,22 @@ duration decoded, then each stage moves it on; its description names the stage. 
 command line reads the same artifact (scanflow/cli/progress.py).
 
 Updates are API calls: during decoding at most one a second; one that fails is skipped (a
-progress bar never fails a scan).
+progress bar never fails a scan). They leave from a thread of their own, the latest value
+first (one not yet sent is replaced by a newer one), so decoding never waits on the API;
+the last stage ("done") waits for them to be sent (a few seconds at most).
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from uuid import UUID
 
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.artifacts import create_progress_artifact
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import ArtifactUpdate
+from prefect.context import SettingsContext
 
 # Where each stage starts on the bar; decoding runs from "decode" to "inference".
 STAGES = {
@@ -47,10 +53,67 @@ def start_progress(scan_id: str) -> str | None:
     return str(made)
 
 
+class _Sender:
+    """Sends progress updates from a daemon thread, the newest per artifact. Each update
+    carries the settings (the API) of the run that posted it and goes out on a client of the
+    thread's own: the run's client is closed when the run ends, and the thread outlives it
+    (it ends when idle, the next update starts another)."""
+
+    IDLE_S = 30.0
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._pending: dict[UUID, tuple[float, str, SettingsContext | None]] = {}
+        self._sending = False
+        self._thread: threading.Thread | None = None
+
+    def post(self, artifact: UUID, value: float, description: str) -> None:
+        with self._cond:
+            self._pending[artifact] = (value, description, SettingsContext.get())
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._loop, name="scanflow-progress", daemon=True
+                )
+                self._thread.start()
+            self._cond.notify_all()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                if not self._cond.wait_for(lambda: bool(self._pending), self.IDLE_S):
+                    self._thread = None  # the next post starts another
+                    return
+                artifact, (value, description, settings) = self._pending.popitem()
+                self._sending = True
+            with contextlib.suppress(Exception):
+                _send(artifact, value, description, settings)
+            with self._cond:
+                self._sending = False
+                self._cond.notify_all()
+
+    def flush(self, timeout: float) -> bool:
+        """Until every posted update has been sent (or tried); False on timeout."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._pending and not self._sending, timeout)
+
+
+def _send(artifact: UUID, value: float, description: str, settings: SettingsContext | None) -> None:
+    with (
+        settings.model_copy() if settings else contextlib.nullcontext(),
+        get_client(sync_client=True) as client,
+    ):
+        client.update_artifact(artifact, ArtifactUpdate(data=value, description=description))
+
+
+_SENDER = _Sender()
+FLUSH_S = 5.0
+
+
 def set_stage(progress_id: str | None, stage: str) -> None:
     if progress_id is not None:
-        with contextlib.suppress(Exception):
-            update_progress_artifact(UUID(progress_id), STAGES[stage], description=stage)
+        _SENDER.post(UUID(progress_id), STAGES[stage], stage)
+        if stage == "done":
+            _SENDER.flush(FLUSH_S)
 
 
 class DecodeProgress:
@@ -70,5 +133,4 @@ class DecodeProgress:
         self.last = now
         share = min(1.0, max(0.0, time_s / self.duration))
         value = STAGES["decode"] + share * (STAGES["inference"] - STAGES["decode"])
-        with contextlib.suppress(Exception):
-            update_progress_artifact(self.id, round(value, 1), description=f"decode {share:.0%}")
+        _SENDER.post(self.id, round(value, 1), f"decode {share:.0%}")

@@ -386,6 +386,13 @@ def cmd_submit(args: argparse.Namespace, settings: Settings, stack: LocalStack) 
         )
     )
     print(run.id)
+    earlier = run.parameters.get("video_uri")
+    if earlier != uri:  # the scan's run from an earlier submission (the same key)
+        print(
+            f"note: scan {run.parameters.get('scan_id')} was submitted before, from {earlier}; "
+            "this is that run (--rerun for a new run of it, --scan-id for another scan)",
+            file=sys.stderr,
+        )
     if args.wait:
         deadline = time.monotonic() + args.timeout
 

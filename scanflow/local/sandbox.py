@@ -31,6 +31,7 @@ from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.filters import FlowFilter, FlowFilterName, LogFilter, LogFilterFlowRunId
 from prefect.states import Pending
 
+from scanflow.local import prefork
 from scanflow.local.loopback import free_port
 from scanflow.settings import REPO_ROOT, Settings
 
@@ -233,8 +234,9 @@ class Sandbox:
         except (OSError, ValueError):
             return None
 
-    def flow_process(self, run_id: uuid.UUID, timeout: float = 60) -> int:
-        """The pid of the process running the flow run (found by its environment)."""
+    def launched_process(self, run_id: uuid.UUID, timeout: float = 60) -> int:
+        """The pid of the process the worker started for the flow run (its environment
+        names the run): the run itself, or the warm server's client (scanflow.local.prefork)."""
         needle = f"PREFECT__FLOW_RUN_ID={run_id}".encode()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -246,6 +248,22 @@ class Sandbox:
                         return int(proc.name)
             time.sleep(0.2)
         raise TimeoutError(f"no process runs {run_id}")
+
+    def flow_process(self, run_id: uuid.UUID, timeout: float = 60) -> int:
+        """The pid of the process running the flow run: the one the worker started or, when
+        that is the warm server's client, the child forked for it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            pid = self.launched_process(run_id, max(0.0, deadline - time.monotonic()))
+            with contextlib.suppress(OSError):
+                if b"scanflow.local.prefork" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    return pid
+            child = prefork.child_of(prefork.socket_for(self.home), str(run_id))
+            if child is not None:
+                return child
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no forked process runs {run_id}")
+            time.sleep(0.2)
 
 
 def _free_redis_database(base_url: str) -> str:

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -25,10 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import yaml
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
+from scanflow.local import prefork
 from scanflow.settings import REPO_ROOT, Settings, prefect_client_env
 
 PREFECT = [sys.executable, "-m", "prefect"]
@@ -40,6 +43,7 @@ class Service:
 
     name: str
     home: Path
+    marker: bytes = b"prefect"  # in its command line: guards against a recycled pid
 
     @property
     def pid_file(self) -> Path:
@@ -62,7 +66,7 @@ class Service:
             except OSError:
                 return None
             return pid
-        return pid if b"prefect" in cmdline else None  # guard against a recycled pid
+        return pid if self.marker in cmdline else None
 
     def start(self, args: list[str], env: dict[str, str]) -> int:
         self.pid_file.parent.mkdir(parents=True, exist_ok=True)
@@ -125,6 +129,8 @@ class LocalStack:
         self.services = Service("services", self.home)  # Prefect's services, at scale
         self.worker = Service("worker", self.home)
         self.notify_worker = Service("notify-worker", self.home)  # runs notify-outcome
+        # the scan pool's flow runs fork from it (scanflow.local.prefork)
+        self.prefork = Service("prefork", self.home, marker=b"scanflow.local.prefork")
 
     # -- environment -------------------------------------------------------------------
     def client_env(self) -> dict[str, str]:
@@ -255,7 +261,22 @@ class LocalStack:
         return sorted(c for c in _children_of(pid) if b"spawn_main" in _cmdline(c))
 
     # -- pool, deployment, worker ------------------------------------------------------
+    @property
+    def prefork_socket(self) -> Path:
+        return prefork.socket_for(self.home)
+
+    def uses_prefork(self) -> bool:
+        # a Unix socket's path is at most 107 bytes
+        return (
+            self.settings.prefork
+            and prefork.available()
+            and len(str(self.prefork_socket).encode()) < 108
+        )
+
     def ensure_pool(self) -> None:
+        command = None
+        if self.uses_prefork():
+            command = shlex.join(prefork.client_command(self.prefork_socket))
         asyncio.run(
             _ensure_process_pool(
                 self.settings.work_pool,
@@ -263,6 +284,7 @@ class LocalStack:
                 # Backfills and shadow runs: after the default queue's uploads, and never
                 # in every slot, so an upload that arrives while they run starts at once.
                 backfill=(self.settings.backfill_queue, max(1, self.settings.pool_concurrency - 1)),
+                command=command,
             )
         )
         asyncio.run(_ensure_process_pool(self.settings.notify_pool, 4))
@@ -293,9 +315,7 @@ class LocalStack:
         stamp.write_text(digest)
         return True
 
-    def start_worker(self) -> str:
-        """Start the scan worker and the notify-outcome worker (its own pool: news of a
-        scan does not wait behind scans)."""
+    def worker_env(self) -> dict[str, str]:
         env = self.client_env()
         env["PREFECT_WORKER_QUERY_SECONDS"] = str(self.settings.worker_query_seconds)
         env["PREFECT_WORKER_PREFETCH_SECONDS"] = "5"
@@ -304,6 +324,12 @@ class LocalStack:
         # instead of Prefect's 5 (1 minute): a burst on SQLite answers 503s for longer than
         # that, and a run whose worker gives up is reported Crashed.
         env.setdefault("PREFECT_CLIENT_MAX_RETRIES", "8")
+        return env
+
+    def start_worker(self) -> str:
+        """Start the scan worker and the notify-outcome worker (its own pool: news of a
+        scan does not wait behind scans)."""
+        env = self.worker_env()
         started = False
         for service, pool, name in (
             (self.worker, self.settings.work_pool, "scanflow-local"),
@@ -318,14 +344,57 @@ class LocalStack:
                 started = True
         return "started" if started else "running"
 
+    def pool_entrypoints(self) -> list[str]:
+        """The entrypoints of prefect.yaml's deployments on the local scan pool: the flows
+        the warm server loads."""
+        spec = yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text())
+        return sorted(
+            {
+                d["entrypoint"]
+                for d in spec.get("deployments", [])
+                if (d.get("work_pool") or {}).get("name") == self.settings.work_pool
+            }
+        )
+
+    def start_prefork(self) -> str:
+        """Start the warm server the scan pool's flow runs fork from; it loads for a few
+        seconds (``wait_prefork``)."""
+        if not self.uses_prefork():
+            return "off"
+        if self.prefork.pid() is not None:
+            return "running"
+        self.prefork_socket.unlink(missing_ok=True)
+        preload = [f"--preload={e}" for e in self.pool_entrypoints()]
+        self.prefork.start(
+            [sys.executable, "-m", "scanflow.local.prefork", "serve"]
+            + ["--socket", str(self.prefork_socket), *preload],
+            self.worker_env(),
+        )
+        return "started"
+
+    def wait_prefork(self, timeout: float = 90.0) -> str:
+        """Until the warm server listens (a run started before that starts cold)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.prefork.pid() is None:
+                return "failed (see logs/prefork.log): runs start cold"
+            if self.prefork_socket.is_socket():
+                return "ready"
+            time.sleep(0.1)
+        return f"not ready after {timeout:.0f} s: runs start cold until it is"
+
     def up(self) -> dict[str, str]:
+        warm = self.start_prefork()  # loads while the server starts
         server = self.start_server()
         self.ensure_pool()
         deployed = self.deploy()
+        if warm != "off":
+            warm = f"{warm}, {self.wait_prefork()}"
         worker = self.start_worker()
         return {
             "server": server,
             "deployment": "applied" if deployed else "unchanged",
+            "warm start": warm,
             "worker": worker,
         }
 
@@ -333,6 +402,7 @@ class LocalStack:
         return {
             "worker": self.worker.stop(),
             "notify-worker": self.notify_worker.stop(),
+            "prefork": self.prefork.stop(),
             "server": self.stop_server(),
         }
 
@@ -346,6 +416,7 @@ class LocalStack:
             "services_pid": self.services.pid(),
             "worker_pid": self.worker.pid(),
             "notify_worker_pid": self.notify_worker.pid(),
+            "prefork_pid": self.prefork.pid(),
             "database": self.settings.database,
             "basic_auth": self.settings.server_auth is not None,
             "home": str(self.home),
@@ -406,22 +477,33 @@ def _children_of(pid: int) -> list[int]:
 
 
 async def _ensure_process_pool(
-    name: str, concurrency: int, backfill: tuple[str, int] | None = None
+    name: str,
+    concurrency: int,
+    backfill: tuple[str, int] | None = None,
+    command: str | None = None,
 ) -> None:
+    """The pool, created once; its flow runs' command (None: Prefect's engine command)
+    kept as asked."""
     # Imported here, as the database drivers below: `scanflow process` runs the flow in the
     # process that imports this module, and these cost it ~15 MiB of peak RSS it never uses.
     from prefect.workers.process import ProcessWorker
 
+    template = ProcessWorker.get_default_base_job_template()
+    template["variables"]["properties"]["command"]["default"] = command
     async with get_client() as client:
-        with contextlib.suppress(ObjectAlreadyExists):
+        try:
             await client.create_work_pool(
                 WorkPoolCreate(
                     name=name,
                     type="process",
                     concurrency_limit=concurrency,
-                    base_job_template=ProcessWorker.get_default_base_job_template(),
+                    base_job_template=template,
                 )
             )
+        except ObjectAlreadyExists:
+            pool = await client.read_work_pool(name)
+            if pool.base_job_template != template:
+                await client.update_work_pool(name, WorkPoolUpdate(base_job_template=template))
         if backfill is not None:
             queue, limit = backfill
             with contextlib.suppress(ObjectAlreadyExists):

@@ -188,6 +188,14 @@ def test_submit_waits_and_reports_the_outcome(
     assert lines[1] == "state: Completed"
     assert lines[2] == "run:   " + ui_run_url(Settings(), run_id)
     assert lines[3] == f"manifest: {Settings().results_root}/p-9/w-1/manifest.json"
+    # another file under the same scan id: that run, and a note that says so
+    assert main(["submit", "/tmp/scans/other.mp4", "--patient-id", "p-9", "--scan-id", "w-1"]) == 0
+    out, err = capsys.readouterr()
+    assert out.strip() == run_id
+    assert err.strip() == (
+        "note: scan w-1 was submitted before, from file:///tmp/scans/wait.mp4; this is that run "
+        "(--rerun for a new run of it, --scan-id for another scan)"
+    )
 
     assert main([*argv, "--rerun"]) == 0
     rerun_id = capsys.readouterr().out.strip()

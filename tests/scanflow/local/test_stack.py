@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from scanflow.local import prefork
 from scanflow.local.loopback import free_port
 from scanflow.local.stack import LocalStack, Service
 from scanflow.settings import Settings
@@ -187,10 +188,28 @@ def test_status_of_a_stack_that_is_not_running(settings: Settings, tmp_path: Pat
         "services_pid": None,
         "worker_pid": None,
         "notify_worker_pid": None,
+        "prefork_pid": None,
         "database": "sqlite",
         "basic_auth": False,
         "home": str(tmp_path / "home"),
     }
+
+
+def test_the_warm_server_loads_the_flows_of_the_scan_pool_and_can_be_turned_off(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stack = LocalStack(settings)
+    assert stack.pool_entrypoints() == ["flows/process_scan.py:process_scan"]
+    assert prefork.entrypoint_module("flows/process_scan.py:process_scan") == "flows.process_scan"
+    assert prefork.entrypoint_module("flows.process_scan.process_scan") == "flows.process_scan"
+    assert stack.uses_prefork() is prefork.available()
+    monkeypatch.setenv("SCANFLOW_PREFORK", "false")
+    off = LocalStack(Settings())
+    assert not off.uses_prefork() and off.start_prefork() == "off"
+    # a home too deep for a Unix socket's path (107 bytes): Prefect's own command
+    monkeypatch.setenv("SCANFLOW_PREFORK", "true")
+    monkeypatch.setenv("SCANFLOW_HOME", str(tmp_path / ("d" * 110)))
+    assert not LocalStack(Settings()).uses_prefork()
 
 
 # -- real servers --------------------------------------------------------------------------
@@ -224,7 +243,7 @@ def test_a_server_started_with_auth_refuses_clients_without_it(
         assert stack.status()["server_pid"] is not None
     finally:
         stopped = stack.down()
-    assert stopped == {"worker": False, "notify-worker": False, "server": True}
+    assert stopped == {"worker": False, "notify-worker": False, "prefork": False, "server": True}
     assert not stack.healthy() and stack.server.pid() is None
 
 
