@@ -27,9 +27,11 @@ up: $(STAMP)
 stop: $(STAMP)
 	$(BIN)/scanflow down
 
-# Lint, type-check and run every test (what CI runs).
+# Lint, type-check and run every test (what CI runs), in TEST_WORKERS processes: each
+# test file runs whole in one of them, with a session (Prefect server, moto) of its own.
+TEST_WORKERS ?= 2
 test: $(STAMP) system-deps lint typecheck
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra --durations=30 -n $(TEST_WORKERS) --dist loadfile
 
 # The inner loop, a couple of minutes: lint, types and the fast tests (no server, stack,
 # browser or long benchmark-like test: markers integration and slow). Run it before every

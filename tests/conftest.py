@@ -29,7 +29,8 @@ from cv.synthetic import ScanSpec, SyntheticScan, render_scan
 from scanflow.local.loopback import free_port
 
 # fixtures shared across the tree: models (weights, backbone, a trained package)
-pytest_plugins = ["tests.support.models"]
+# and the tables of figures printed at the end of a run (tests.support.report)
+pytest_plugins = ["tests.support.models", "tests.support.report"]
 
 _STATE: dict[str, object] = {}
 
@@ -90,6 +91,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords and not has_cuda:
             item.add_marker(skip)
+    # The files with slow tests first (the order is kept within a file): in several
+    # processes (make test), the long ones start early instead of ending the run alone.
+    slow_files = {item.path for item in items if "slow" in item.keywords}
+    items.sort(key=lambda item: item.path not in slow_files)
 
 
 @pytest.fixture(scope="session")

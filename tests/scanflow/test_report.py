@@ -49,9 +49,17 @@ window.addEventListener('load', () => {
   if (!v) { report({video: 'none'}); return; }
   const meta = new Promise(
     ok => v.readyState >= 1 ? ok() : v.addEventListener('loadedmetadata', ok));
+  // played: the clock moved (a 'timeupdate' past 0), however long a loaded machine takes;
+  // a video still at 0 after 10 s (virtual) of playing is reported as such
+  const moved = () => new Promise(ok => {
+    const check = () => { if (v.currentTime > 0) ok('played'); };
+    v.addEventListener('timeupdate', check);
+    setTimeout(() => ok('stuck at 0'), 10000);
+    check();
+  });
   meta.then(() => { v.muted = true; return v.play(); })
-      .then(() => new Promise(ok => setTimeout(ok, 500)))
-      .then(() => report({video: 'played', duration: v.duration, time: v.currentTime}))
+      .then(moved)
+      .then(how => report({video: how, duration: v.duration, time: v.currentTime}))
       .catch(e => report({video: 'error ' + e + ' ' + (v.error && v.error.code)}));
 });
 </script>"""

@@ -46,9 +46,26 @@ class NotifyStack(Sandbox):
     """A stack of its own that reports to the receivers: the platform's signing key in a
     Secret block, Slack's URL in settings (both ways are used), the automations applied."""
 
-    def __init__(self, name: str, platform: Receiver, slack: Receiver, **settings: str) -> None:
+    def __init__(
+        self,
+        name: str,
+        platform: Receiver,
+        slack: Receiver,
+        s3: str | None = None,
+        **settings: str,
+    ) -> None:
+        """``s3``: the S3 endpoint its runs use (moto, or a proxy in front of it)."""
         super().__init__(
             f"notify-{name}",
+            # the sandbox leaves the test process's AWS_* out
+            env={
+                "AWS_ENDPOINT_URL_S3": s3,
+                "AWS_ACCESS_KEY_ID": "testing",
+                "AWS_SECRET_ACCESS_KEY": "testing",
+                "AWS_DEFAULT_REGION": "us-east-1",
+            }
+            if s3
+            else None,
             settings={
                 "platform_webhook_url": platform.url + "/scanflow/events",
                 "slack_webhook_url": f"{slack.url}/services/T0/B0/{SLACK_TOKEN}",

@@ -15,7 +15,7 @@ two places a limit of 1 can live:
 
 Scenario, per variant, on its own pool with queues ``uploads`` (priority 1) and
 ``backfill`` (priority 3): four backfill runs, then, once the first is Running, two upload
-runs; the sleep flow (tests/support/priority_flow.py) runs 5 s. Run with ``-s`` to see the figures.
+runs; the sleep flow (tests/support/priority_flow.py) runs 5 s. The figures print at the end.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +44,7 @@ from prefect.client.schemas.objects import (
 from prefect.workers.process import ProcessWorker
 
 from scanflow.settings import REPO_ROOT
+from tests.support import report
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -60,24 +60,28 @@ POOL_LIMIT = "B: work pool limit 1"
 _FIGURES: list[dict[str, Any]] = []
 
 
-@pytest.fixture(scope="module")
-def figures(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[dict[str, Any]]]:
-    """Collects each variant's figures; prints a table and writes them as JSON at the end."""
-    yield _FIGURES
+def _table() -> list[str]:
     if not _FIGURES:
-        return
-    print("\n\nqueue priority vs a freed concurrency slot (u = uploads, b = backfill)")
+        return []
     header = f"{'variant':<32} {'start order':<13} {'upload pos':<10}"
-    print(f"{header} upload waits s / backfill waits s")
+    lines = [f"{header} upload waits s / backfill waits s"]
     for f in _FIGURES:
         order = "".join(q[0] for q in f["queue_order"])
-        print(
+        lines.append(
             f"{f['variant']:<32} {order:<13} {str(f['upload_positions']):<10} "
             f"{f['upload_waits_s']} / {f['backfill_waits_s']}"
         )
-    path = tmp_path_factory.mktemp("queue-priority") / "figures.json"
-    path.write_text(json.dumps(_FIGURES, indent=2))
-    print(f"\n{path}:\n{path.read_text()}")
+    return lines
+
+
+report.register("queue priority vs a freed concurrency slot (u = uploads, b = backfill)", _table)
+
+
+@pytest.fixture(scope="module")
+def figures() -> list[dict[str, Any]]:
+    """Collects each variant's figures (the table at the end of the run; each variant's as
+    JSON in its test's folder)."""
+    return _FIGURES
 
 
 def _worker(pool: str, log: Path) -> subprocess.Popen[bytes]:

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scanflow.local.loopback import Receiver
 from tests.support.stack import NotifyStack, kill
 
 
@@ -42,17 +41,6 @@ FAULT_FIGURES: list[FaultFigure] = []
 
 class FaultStack(NotifyStack):
     """A local stack of its own whose runs may carry their own environment."""
-
-    def __init__(
-        self,
-        name: str,
-        platform: Receiver,
-        slack: Receiver,
-        aws: dict[str, str] | None = None,
-        **settings: str,
-    ) -> None:
-        super().__init__(name, platform, slack, **settings)
-        self.env.update(aws or {})  # the harness leaves the test process's AWS_* out
 
     def up(self, attempts: int = 3) -> None:
         """Bring the stack up; every step is idempotent, so a step that lost a race with

@@ -15,7 +15,9 @@ Two local stacks of their own (tests/support/stack.py), their cases run at the s
 Each S3 case runs with ``AWS_ENDPOINT_URL_S3`` pointing at its own fault-injecting proxy in
 front of moto (s3_proxy.py); boto3 itself is not touched.
 
-``crash`` (``crash_retries=1``), one fault after the other:
+``crash`` (``crash_retries=1``), one fault after the other; its scans read their uploads from
+S3 through a proxy that holds them (a slow store) until the test has done its damage, so they
+are in flight when it strikes, however fast the machine:
 - the scan worker and the flow processes of the two scans it runs SIGKILLed, a new worker
   started at once: the missed-heartbeats automation marks both Crashed, the platform is
   told, the crashed runs are rescheduled (same runs) and complete on the new worker, and a
@@ -42,13 +44,13 @@ import boto3
 import jsonschema
 import pytest
 
-from cv.synthetic import ScanSpec, SyntheticScan, render_scan
+from cv.synthetic import SyntheticScan
 from scanflow.contracts.events import event_id_for
 from scanflow.local.loopback import Received, Receiver
 from scanflow.settings import REPO_ROOT
+from tests.support.s3_proxy import FirstAttemptFails, Hold, Outage, S3FaultProxy
 from tests.support.stack import for_scan
 from tests.system.faults.harness import FAULT_FIGURES, FaultFigure, FaultStack, small_disk
-from tests.system.faults.s3_proxy import FirstAttemptFails, Outage, S3FaultProxy
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -118,24 +120,26 @@ def world(
     uploads, results = f"faults-uploads-{tag}", f"faults-results-{tag}"
     s3.create_bucket(Bucket=uploads)
     s3.create_bucket(Bucket=results)
-    aws = {
-        "AWS_ENDPOINT_URL_S3": s3_endpoint,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
     folder = tmp_path_factory.mktemp("fault-scans")
     inputs = [folder, good_scan.path.parent]
     faults = FaultStack(
         "faults",
         platform,
         slack,
-        aws=aws,
+        s3=s3_endpoint,
         pool_concurrency="8",
         results_uri=f"s3://{results}/results",
         input_roots=json.dumps([*(p.resolve().as_uri() for p in inputs), f"s3://{uploads}"]),
     )
-    crash = FaultStack("crash", platform, slack, pool_concurrency="4", crash_retries="1")
+    crash = FaultStack(
+        "crash",
+        platform,
+        slack,
+        s3=s3_endpoint,
+        pool_concurrency="4",
+        crash_retries="1",
+        input_roots=json.dumps([good_scan.path.parent.resolve().as_uri(), f"s3://{uploads}"]),
+    )
     names = {
         "faults": [
             "s3-flaky",
@@ -179,6 +183,12 @@ def world(
                 Outage(lambda r: r.method == "PUT" and "/frames/" not in r.path, None),
             ).start(),
         }
+        # the crash stack's held scans: each read of its upload waits for the test
+        holds = {
+            name: Hold(lambda r, scan=cases[name].scan_id: r.method == "GET" and scan in r.path)
+            for name in ("worker-kill-1", "worker-kill-2", "restart-running-1", "restart-running-2")
+        }
+        proxies["crash"] = S3FaultProxy(s3_endpoint, *holds.values()).start()
         for proxy in proxies.values():
             exits.callback(proxy.stop)
         world = World(faults, crash, platform, slack, s3, results, cases, proxies, disk, disk_skip)
@@ -208,14 +218,6 @@ def world(
         for t in starting:
             t.start()
         try:
-            # while the stacks start: a scan that takes a while (the worker kill), and a longer
-            # one, still running when the server goes down however loaded the machine is
-            long_scan = render_scan(
-                folder / "long.mp4", ScanSpec(duration_s=20.0, fps=15.0, seed=3)
-            )
-            longer_scan = render_scan(
-                folder / "longer.mp4", ScanSpec(duration_s=75.0, fps=15.0, seed=4)
-            )
             junk = folder / "junk.mp4"
             junk.write_bytes(uuid.uuid4().bytes * 3000)
             good = good_scan.path.as_uri()
@@ -224,6 +226,15 @@ def world(
                 key = f"patients/{case.patient_id}/scans/{case.scan_id}.mp4"
                 s3.upload_file(str(good_scan.path), uploads, key)
                 return f"s3://{uploads}/{key}"
+
+            def held(case: Case) -> None:
+                """Submitted to read its upload (on S3) through the holding proxy."""
+                start(case, s3_input(case), {"AWS_ENDPOINT_URL_S3": proxies["crash"].url})
+
+            def in_flight(case: Case) -> None:
+                """Returns once the held run is Running and waiting on its upload."""
+                crash.wait_state(case.run_id, {"RUNNING"}, WAIT)  # type: ignore[arg-type]
+                assert holds[case.name].held.wait(WAIT), f"{case.name} never read its upload"
 
             def start(case: Case, video: str, env: dict[str, str] | None = None) -> None:
                 case.run_id = case.stack.submit_scan(case.scan_id, case.patient_id, video, env)
@@ -247,29 +258,34 @@ def world(
             def crash_scenario() -> None:
                 c = cases
                 # 1. the worker and the processes of the runs it holds SIGKILLed; a new worker
-                held = [c["worker-kill-1"], c["worker-kill-2"]]
-                for case in held:
-                    start(case, long_scan.path.as_uri())
-                for case in held:
-                    crash.wait_state(case.run_id, {"RUNNING"}, WAIT)  # type: ignore[arg-type]
+                kill_cases = [c["worker-kill-1"], c["worker-kill-2"]]
+                for case in kill_cases:
+                    held(case)
+                for case in kill_cases:
+                    in_flight(case)
                 time.sleep(2.0)  # the first heartbeat leaves as a run starts
-                killed = crash.kill_worker_and_runs([case.run_id for case in held])  # type: ignore[misc]
-                for case in held:
+                killed = crash.kill_worker_and_runs([case.run_id for case in kill_cases])  # type: ignore[misc]
+                for case in kill_cases:
                     case.marks["killed"] = killed
+                    holds[case.name].release()  # the retried run reads its upload at once
                 crash.start_worker()
                 start(c["new-worker"], good)
-                for case in held:  # Crashed by heartbeats, reported, rescheduled
-                    assert world.platform.wait_for(for_scan(case.scan_id, "scan.crashed"), WAIT)
+                for case in kill_cases:  # Crashed by heartbeats, reported, rescheduled
+                    crashed = world.platform.wait_for(for_scan(case.scan_id, "scan.crashed"), WAIT)
+                    assert crashed, _whereabouts(world, case)
                 # 2. the server SIGKILLed while scans run (the retried ones among them) and one
-                # waits, and started again
-                for name in ("restart-running-1", "restart-running-2"):
-                    start(c[name], longer_scan.path.as_uri())
-                for name in ("restart-running-1", "restart-running-2"):
-                    crash.wait_state(c[name].run_id, {"RUNNING"}, WAIT)  # type: ignore[arg-type]
+                # waits, and started again; the running ones go on once it is back
+                running = [c["restart-running-1"], c["restart-running-2"]]
+                for case in running:
+                    held(case)
+                for case in running:
+                    in_flight(case)
                 start(c["restart-waiting"], good)
                 killed = crash.kill_server()
                 time.sleep(RESTART_DOWN_S)
                 back = crash.start_server()
+                for case in running:
+                    holds[case.name].release()
                 for name in ("restart-running-1", "restart-running-2", "restart-waiting"):
                     c[name].marks.update(killed=killed, back=back)
 
@@ -291,6 +307,24 @@ def world(
 
 
 # -- checks ------------------------------------------------------------------------------
+
+
+def _whereabouts(world: World, case: Case) -> str:
+    """What a case's run went through and what the platform got of it, for a failure's
+    message: which step of the way (heartbeats, the crash automation, notify-outcome, the
+    delivery) did not happen."""
+    stack = case.stack
+    lines = [f"{case.name} ({case.run_id}), marks {case.marks}; its states:"]
+    with contextlib.suppress(Exception):
+        lines += [f"  {t:.1f} {kind} {name}" for kind, name, t in stack.state_times(case.run_id)]  # type: ignore[arg-type]
+    with contextlib.suppress(Exception):
+        lines += [
+            f"  notify-outcome {r.name}: {r.state_name} at {r.state.timestamp}"
+            for r in stack.notify_runs(case.run_id)
+        ]
+    got = world.platform.delivered(for_scan(case.scan_id))
+    lines.append(f"the platform got: {[r.json.get('type') for r in got]}")
+    return "\n".join(lines)
 
 
 def _submitted(world: World, case: Case, timeout: float = WAIT) -> uuid.UUID:

@@ -19,8 +19,7 @@ import pytest
 from cv.errors import ProcessingError, Reason, RejectedScan, ScanError
 from scanflow import storage
 from scanflow.storage import FileStore, S3Store
-from tests.system.faults.harness import small_disk
-from tests.system.faults.s3_proxy import (
+from tests.support.s3_proxy import (
     INTERNAL_ERROR,
     S3_FAULTS,
     SLOW_DOWN,
@@ -33,6 +32,7 @@ from tests.system.faults.s3_proxy import (
     Rule,
     S3FaultProxy,
 )
+from tests.system.faults.harness import small_disk
 
 pytestmark = [pytest.mark.integration]
 

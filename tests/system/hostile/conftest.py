@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from tests.support import report
 from tests.system.hostile.corpus import Case, build_corpus
 from tests.system.hostile.leak_world import LeakWorld, start_leak_world
 from tests.system.hostile.report import REPORT, record, table
@@ -31,8 +32,4 @@ def leak_world(s3_endpoint: str, good_scan: Any) -> Iterator[LeakWorld]:
         world.stop()
 
 
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if REPORT:
-        terminalreporter.section("hostile inputs: outcome, reason, time and memory")
-        for line in table():
-            terminalreporter.write_line(line)
+report.register("hostile inputs: outcome, reason, time and memory", lambda: REPORT, table)

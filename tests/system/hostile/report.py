@@ -1,5 +1,5 @@
 """Measuring decoding in a process of its own, and the table of outcomes printed at the end
-of the run (``pytest_terminal_summary`` in conftest.py)."""
+of the run (registered in conftest.py; with several test processes, each fills its cells)."""
 
 from __future__ import annotations
 
@@ -33,9 +33,14 @@ def record(case: str, **values: Any) -> None:
     REPORT.setdefault(case, {}).update(values)
 
 
-def table() -> list[str]:
+def table(reports: list[dict[str, dict[str, Any]]]) -> list[str]:
+    """The rows of every process's report, merged cell by cell."""
+    rows: dict[str, dict[str, Any]] = {}
+    for report in reports:
+        for case, row in report.items():
+            rows.setdefault(case, {}).update({k: v for k, v in row.items() if v not in ("", None)})
     lines = ["| input | " + " | ".join(COLUMNS) + " |", "|" + "---|" * (len(COLUMNS) + 1)]
-    for case, row in REPORT.items():
+    for case, row in rows.items():
         cells = []
         for column in COLUMNS:
             value = row.get(column, "")

@@ -9,8 +9,6 @@ rotation) and that live deliveries verify; this adds the replay of a captured re
 
 from __future__ import annotations
 
-import time
-
 import httpx
 import pytest
 
@@ -45,8 +43,14 @@ def _replay(
 
 def test_a_captured_delivery_replayed_later_is_refused(leak_world: LeakWorld) -> None:
     captured = _captured(leak_world)
-    signed_at = verify_signature(SIGNING_SECRET, _header(captured, HEADER), captured.body)
-    now = [time.time()]
+    # The receiver's clock starts at the capture's arrival: the stack's runs may have ended
+    # minutes before this test runs (a shared stack, a loaded machine), and "at once" means
+    # at once after the original delivery, not after the test starts.
+    arrived = captured.at
+    signed_at = verify_signature(
+        SIGNING_SECRET, _header(captured, HEADER), captured.body, now=arrived
+    )
+    now = [arrived]
     platform = Receiver(secret=SIGNING_SECRET, clock=lambda: now[0]).start()
     try:
         # at once: accepted, and the same event id as the original (a duplicate to drop)
@@ -63,7 +67,7 @@ def test_a_captured_delivery_replayed_later_is_refused(leak_world: LeakWorld) ->
         status, got = _replay(platform, captured, **{HEADER: fresh})
         assert status == 400 and got.verified.startswith("BadSignature"), got.verified
         # in time, but the body changed: refused
-        now[0] = time.time()
+        now[0] = arrived
         changed = captured.body.replace(b'"scan.completed"', b'"scan.rejected"')
         assert changed != captured.body
         status, got = _replay(platform, captured, body=changed)

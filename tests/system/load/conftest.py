@@ -12,11 +12,11 @@ from __future__ import annotations
 import base64
 import os
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
 from deployments.rehearsal.burst import BurstReport, BurstStack
+from tests.support import report
 
 REPORTS: list[BurstReport] = []  # printed at the end of the run
 
@@ -46,10 +46,7 @@ def postgres_stack() -> Iterator[BurstStack]:
         yield stack
 
 
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if not REPORTS:
-        return
-    terminalreporter.section("load: bursts through the Lambda trigger")
-    for report in REPORTS:
-        for line in report.lines():
-            terminalreporter.write_line(line)
+report.register(
+    "load: bursts through the Lambda trigger",
+    lambda: [line for burst in REPORTS for line in burst.lines()],
+)

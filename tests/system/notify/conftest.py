@@ -1,17 +1,14 @@
-"""Fixtures of the notification tests (the harness is in notify_harness.py)."""
+"""Fixtures of the notification tests (the harness is in notify_harness.py), and their table
+at the end of the run."""
 
 from __future__ import annotations
 
-from typing import Any
-
+from tests.support import report
 from tests.support.stack import FIGURES, platform, slack
 
 __all__ = ["platform", "slack"]  # the receivers, as fixtures
 
-
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if not FIGURES:
-        return
-    terminalreporter.section("notification delivery: outcome -> platform receiver")
-    for case, what, seconds in FIGURES:
-        terminalreporter.write_line(f"{case:<34} {what:<44} {seconds:8.2f} s")
+report.register(
+    "notification delivery: outcome -> platform receiver",
+    lambda: [f"{case:<34} {what:<44} {seconds:8.2f} s" for case, what, seconds in FIGURES],
+)

@@ -3,7 +3,10 @@ through real stacks: a Prefect server, the process and notify workers, the deplo
 prefect.yaml and the automations applied by ``scanflow automations apply``.
 
 The cases run at the same time (the slowest, the heartbeat, needs ~80 s); each test waits
-for its own case. Two stacks of their own, never the session's shared one:
+for its own case. Two stacks of their own, never the session's shared one. The cases that
+strike a running scan (SIGKILL, SIGSTOP, cancel, heartbeat) read their upload from S3 (moto)
+through a proxy that holds it until the test has struck, so the scan is in flight then,
+however fast the machine:
 
 - ``main``: completed, rejected, failed, SIGKILL of the flow process, a stall (the process
   is SIGSTOPped past the limit, then resumed), a run Pending too long, a cancelled run, and
@@ -23,13 +26,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import boto3
 import jsonschema
 import pytest
 
-from cv.synthetic import ScanSpec, SyntheticScan, render_scan
+from cv.synthetic import SyntheticScan
 from scanflow.contracts.events import event_id_for
 from scanflow.local.loopback import Received, Receiver
 from scanflow.settings import REPO_ROOT
+from tests.support.s3_proxy import Hold, S3FaultProxy
 from tests.support.stack import FIGURES, SIGNING_SECRET, SLACK_TOKEN, NotifyStack, for_scan, kill
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -49,6 +54,7 @@ class Case:
     marks: dict[str, float] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     done: threading.Event = field(default_factory=threading.Event)
+    hold: Hold | None = None  # its upload's reads wait for the test (the struck cases)
 
 
 @dataclass
@@ -73,8 +79,10 @@ def _in_background(case: Case, action: Callable[[Case], None]) -> None:
 
 
 def _running_pid(case: Case) -> int:
-    assert case.run_id is not None
+    """The process of the case's run, Running and waiting on its held upload."""
+    assert case.run_id is not None and case.hold is not None
     case.stack.wait_state(case.run_id, {"RUNNING"}, WAIT)
+    assert case.hold.held.wait(WAIT), f"{case.name} never read its upload"
     return case.stack.flow_process(case.run_id)
 
 
@@ -83,19 +91,30 @@ def world(
     platform: Receiver,
     slack: Receiver,
     good_scan: SyntheticScan,
+    s3_endpoint: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[World]:
     tag = uuid.uuid4().hex[:6]
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    uploads = f"notify-uploads-{tag}"
+    s3.create_bucket(Bucket=uploads)
+    proxy = S3FaultProxy(s3_endpoint).start()
+    folder = tmp_path_factory.mktemp("notify-scans")
+    roots = json.dumps(
+        [folder.resolve().as_uri(), good_scan.path.parent.resolve().as_uri(), f"s3://{uploads}"]
+    )
     main = NotifyStack(
         "main",
         platform,
         slack,
+        proxy.url,
+        input_roots=roots,
         stall_after_s=str(STALL_S),
         pending_after_s=str(PENDING_S),
         heartbeat_grace_s="150",  # the stall case SIGSTOPs a run: no false crash here
         pool_concurrency="8",
     )
-    beat = NotifyStack("heartbeat", platform, slack)
+    beat = NotifyStack("heartbeat", platform, slack, proxy.url, input_roots=roots)
     cases = {
         name: Case(name, beat if name == "heartbeat" else main, f"nt-{name}-{tag}")
         for name in (
@@ -112,6 +131,14 @@ def world(
     }
     world = World(main, beat, platform, slack, cases)
     c = cases
+    struck: dict[str, str] = {}  # case: its upload on S3, read through the holding proxy
+    patient = f"pt-{tag}"  # the upload's path names the run's patient
+    for name in ("sigkill", "stall", "cancel", "heartbeat"):
+        key = f"patients/{patient}/scans/{c[name].scan_id}.mp4"
+        s3.upload_file(str(good_scan.path), uploads, key)
+        struck[name] = f"s3://{uploads}/{key}"
+        c[name].hold = Hold(lambda r, key=key: r.method == "GET" and r.path.endswith(key))
+        proxy.rules.append(c[name].hold)
 
     # the platform is down for the outage case's first OUTAGE_S seconds
     outage = c["outage"]
@@ -129,6 +156,7 @@ def world(
         pid = _running_pid(case)
         kill(pid)
         case.marks["killed"] = time.time()
+        case.hold.release()  # type: ignore[union-attr]
 
     def heartbeat(case: Case) -> None:
         pid = _running_pid(case)
@@ -136,6 +164,7 @@ def world(
         kill(case.stack.worker_pid())  # the worker first: nobody sees the flow die
         kill(pid)
         case.marks["killed"] = time.time()
+        case.hold.release()  # type: ignore[union-attr]
 
     def stall(case: Case) -> None:
         pid = _running_pid(case)
@@ -146,6 +175,7 @@ def world(
         finally:
             kill(pid, signal.SIGCONT)
             case.marks["resumed"] = time.time()
+            case.hold.release()  # type: ignore[union-attr]
 
     def pending(case: Case) -> None:
         from prefect.states import Cancelled
@@ -164,16 +194,19 @@ def world(
         with case.stack.client() as client:
             client.set_flow_run_state(case.run_id, Cancelling(message="by the test"))
         case.marks["cancelling"] = time.time()
+        try:  # released once cancelled: the scan must not complete first
+            case.stack.wait_state(case.run_id, FINAL, WAIT)
+        finally:
+            case.hold.release()  # type: ignore[union-attr]
 
-    folder = tmp_path_factory.mktemp("notify-scans")
     junk = folder / "junk.mp4"
     junk.write_bytes(uuid.uuid4().bytes * 3000)
     good = good_scan.path.as_uri()
-    long_scan: list[str] = []
-    rendered = threading.Event()
 
     def start_heartbeat_case() -> None:  # first: its ~80 s overlap everything else
-        c["heartbeat"].run_id = beat.submit(c["heartbeat"].scan_id, long_scan[0])
+        c["heartbeat"].run_id = beat.submit(
+            c["heartbeat"].scan_id, struck["heartbeat"], patient_id=patient
+        )
         _in_background(c["heartbeat"], heartbeat)
 
     def start_main_cases() -> None:
@@ -183,7 +216,7 @@ def world(
         c["outage"].run_id = main.submit(c["outage"].scan_id, junk.as_uri())
         c["pending"].run_id = main.submit(c["pending"].scan_id, good, pending=True)
         for name, action in (("sigkill", sigkill), ("stall", stall), ("cancel", cancel)):
-            c[name].run_id = main.submit(c[name].scan_id, long_scan[0])
+            c[name].run_id = main.submit(c[name].scan_id, struck[name], patient_id=patient)
             _in_background(c[name], action)
         _in_background(c["pending"], pending)
 
@@ -192,7 +225,6 @@ def world(
     def up(stack: NotifyStack, then: Callable[[], None]) -> None:
         try:
             stack.up()
-            rendered.wait(120)
             then()
         except Exception as exc:  # noqa: BLE001 - re-raised below, in the test's thread
             failures.append(f"{stack.name}: {exc}")
@@ -203,22 +235,24 @@ def world(
     ]
     for t in started:
         t.start()
-    scan = render_scan(folder / "long.mp4", ScanSpec(duration_s=20.0, fps=15.0, seed=3))
-    long_scan.append(scan.path.as_uri())
-    rendered.set()
     for t in started:
         t.join()
     if failures:
         for s in (main, beat):
             s.down()
+        proxy.stop()
         pytest.fail("; ".join(failures))
     yield world
     platform.policies.remove(unavailable)
+    for case in cases.values():
+        if case.hold is not None:
+            case.hold.release()
     stops = [threading.Thread(target=s.down) for s in (main, beat)]
     for t in stops:
         t.start()
     for t in stops:
         t.join()
+    proxy.stop()
 
 
 # -- checks ------------------------------------------------------------------------------

@@ -12,7 +12,10 @@ Rules (a request gets the first fault any rule returns):
   query) fails, so every call has to be retried to succeed;
 - :class:`Outage`: every request fails for ``seconds`` from the first request a predicate
   picks (``seconds=None``: for good);
-- :class:`Answer`: the requests a predicate picks get a given answer (a 403, a 400).
+- :class:`Answer`: the requests a predicate picks get a given answer (a 403, a 400);
+- :class:`Hold`: the requests a predicate picks wait until the test releases them (a slow
+  store), then go through: a run reading its upload stays in flight, however fast the
+  machine, for as long as a test needs to kill, stop or cancel it.
 
 ``log`` records every exchange, so a test can check what was retried and in which order
 objects were written.
@@ -140,6 +143,27 @@ class Answer:
 
     def __call__(self, request: Request) -> Fault | None:
         return self.fault if self.when(request) else None
+
+
+@dataclass
+class Hold:
+    """Requests ``when`` picks wait until :meth:`release` (or ``limit`` seconds, a test that
+    forgot), then go through unchanged. ``held`` is set once one waits. A read held past
+    boto3's 60 s timeout is asked again, and that one waits too: the run stays in flight."""
+
+    when: Callable[[Request], bool]
+    limit: float = 600.0
+    held: threading.Event = field(default_factory=threading.Event)
+    released: threading.Event = field(default_factory=threading.Event)
+
+    def __call__(self, request: Request) -> Fault | None:
+        if self.when(request) and not self.released.is_set():
+            self.held.set()
+            self.released.wait(self.limit)
+        return None
+
+    def release(self) -> None:
+        self.released.set()
 
 
 class S3FaultProxy:
