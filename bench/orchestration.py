@@ -3,7 +3,12 @@ that makes the same cv/ calls and the same store writes, on the same video, in o
 
 The plain script decodes as the flow does (the same decoder threads, non-reference frames
 skipped where the flow skips them) and classifies the kept frames while decoding on the
-same streaming classifier, so that flow / plain measures Prefect alone. Also prints the
+same streaming classifier, and writes what the flow writes (frames, frame_quality.json,
+embeddings.npy, views.json, summary.mp4, the contact sheet and keyframes, trend.json and
+trend.png, report.html, manifest.json), so that flow / plain measures Prefect alone; each
+flow run is a patient's first scan (nothing to compare with: the plain script compares
+nothing). Its report.html is rendered from the warm-up flow run's manifest of the same
+video (the pictures and the video it embeds are the same sizes). Also prints the
 decode floor, defined as bench/pipeline.py defines it: Debian's ``ffmpeg -threads 0``
 decoding every frame, in its own process.
 
@@ -24,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from samples import sample_scan  # bench/ is this script's folder: on sys.path
 
@@ -40,11 +46,12 @@ def decode_floor(path: Path) -> float:
     return time.perf_counter() - start
 
 
-def plain_pipeline(path: Path, root: Path) -> float:
-    """The same cv/ calls as process-scan, with the same writes, and no Prefect."""
+def plain_pipeline(path: Path, root: Path, manifest: Any) -> float:
+    """The same cv/ calls as process-scan, with the same writes, and no Prefect;
+    ``manifest``: a flow run's manifest of the same video, for report.html."""
     import numpy as np
 
-    from cv.images import encode_jpeg
+    from cv.images import encode_jpeg, encode_png
     from cv.model.streaming import StreamingClassifier
     from cv.quality.analysis import Fault, assess_scan, frame_limits, scan_faults
     from cv.summary.render import (
@@ -54,6 +61,8 @@ def plain_pipeline(path: Path, root: Path) -> float:
         contact_sheet,
         render_summary_video,
     )
+    from cv.tracking.registration import best_frame_per_view
+    from cv.tracking.trend import render_trend
     from cv.video.frames import (
         decoded_duration,
         decoder_threads,
@@ -64,7 +73,9 @@ def plain_pipeline(path: Path, root: Path) -> float:
     from scanflow.contracts.options import ScanOptions
     from scanflow.models.cache import classifier, cpu_threads
     from scanflow.models.registry import DEFAULT_PACKAGE
+    from scanflow.report import scan_report
     from tasks._frames import STREAM_BATCH
+    from tasks.frames import frame_quality_json
 
     start = time.perf_counter()
     opts = ScanOptions()
@@ -98,13 +109,23 @@ def plain_pipeline(path: Path, root: Path) -> float:
             decoder_threads=decoder_threads(cpu_threads()),
             reference_only=skips_frames(info, opts.decode == "reference"),
         ).qualities
-        emb = stream.finish().embeddings
+        pred = stream.finish()
+    emb = pred.embeddings
     verdict = assess_scan(qualities, decoded_duration(qualities, info.fps), opts.thresholds())
     faults = scan_faults(qualities, frame_limits(qualities, opts.thresholds()), opts.thresholds())
+    (root / "frame_quality.json").write_bytes(frame_quality_json(qualities, faults))
     usable = [faults[k.quality.index] == Fault.NONE for k in kept]
     buf = io.BytesIO()
     np.save(buf, emb)
     (root / "embeddings.npy").write_bytes(buf.getvalue())
+    labels = classifier(DEFAULT_PACKAGE, cache, opts.device).labels
+    rows = [
+        [i, k.quality.index, round(k.quality.time_s, 4), u, labels[int(v)], round(float(c), 4)]
+        for i, (k, u, v, c) in enumerate(
+            zip(kept, usable, pred.views, pred.confidence, strict=True)
+        )
+    ]
+    (root / "views.json").write_text(json.dumps({"labels": list(labels), "rows": rows}))
     info_s = [
         SummaryFrame(k.quality.time_s, k.quality.sharpness, u)
         for k, u in zip(kept, usable, strict=False)
@@ -122,15 +143,44 @@ def plain_pipeline(path: Path, root: Path) -> float:
     )
     for i in keys:
         (root / f"key-{i}.jpg").write_bytes(encode_jpeg(kept[i].rgb))
-    (root / "manifest.json").write_text(json.dumps({"usable": verdict.usable}))
+    views = best_frame_per_view(
+        [labels[int(v)] for v in pred.views], [k.quality.sharpness for k in kept], usable
+    )
+    point = {"usable": verdict.usable, "views": len(views)}
+    (root / "trend.json").write_text(json.dumps({"scans": [point]}))
+    series = {  # three panels, as the flow's
+        "usable": [verdict.usable_fraction],
+        "coverage": [verdict.time_coverage],
+        "views": [len(views) / len(labels)],
+    }
+    trend = render_trend(series, ["today"])
+    (root / "trend.png").write_bytes(encode_png(trend))
+    (root / "report.html").write_text(scan_report(manifest))
+    (root / "manifest.json").write_text(manifest.model_dump_json(indent=2))
     return time.perf_counter() - start
 
 
-def flow_pipeline(path: Path, scan_id: str) -> float:
-    from flows.process_scan import process_scan
+def flow_manifest(scan_id: str) -> Any:
+    """The manifest flow_pipeline's run of ``scan_id`` wrote."""
+    from scanflow.contracts.manifest import manifest_uri, read_manifest
+    from scanflow.settings import Settings
+    from scanflow.storage import join
 
+    scan = join(Settings().results_root, f"bench-patient-{scan_id}", scan_id)
+    return read_manifest(manifest_uri(scan))
+
+
+def flow_pipeline(path: Path, scan_id: str) -> float:
+    """The flow, for a patient of the scan's own: no earlier scan to track against, as the
+    plain script tracks nothing (with one, the flow would also register each view)."""
+    from flows.process_scan import process_scan
+    from scanflow.local.prefork import skip_heartbeat_join
+
+    # as the worker's runs: heartbeats on, the run's end not held for the heartbeat thread's
+    # 1 s sleep (Prefect's sync engine joins it: ~0.5 s a run, up to 1 s)
+    skip_heartbeat_join()
     start = time.perf_counter()
-    process_scan(scan_id, "bench-patient", path.as_uri())
+    process_scan(scan_id, f"bench-patient-{scan_id}", path.as_uri())
     return time.perf_counter() - start
 
 
@@ -162,12 +212,13 @@ def main() -> int:
     try:
         path = sample_scan(args.seconds, args.width, args.height)
         # warm-up: model load, imports, first-run database work
-        plain_pipeline(path, home / "plain-warm")
         flow_pipeline(path, "warm")
+        manifest = flow_manifest("warm")
+        plain_pipeline(path, home / "plain-warm", manifest)
         floor, plain, flow = [], [], []
         for i in range(args.repeats):  # interleaved so machine noise hits all alike
             floor.append(decode_floor(path))
-            plain.append(plain_pipeline(path, home / f"plain-{i}"))
+            plain.append(plain_pipeline(path, home / f"plain-{i}", manifest))
             flow.append(flow_pipeline(path, f"run-{i}"))
     finally:
         stack.down()

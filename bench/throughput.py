@@ -2,7 +2,8 @@
 (scanflow.local.sandbox: ``scanflow up`` in a temporary home on free ports).
 
     .venv/bin/python bench/throughput.py [-n 12] [--seconds 20] [--overhead-runs 3]
-                                         [--pool-concurrency 2 ...] [--json out.json]
+                                         [--pool-concurrency 2 ...] [--start warm cold]
+                                         [--json out.json]
 
 Three measurements of the same synthetic scan (``scanflow sample``: 640x480, 30 fps,
 ``--seconds`` long), in one run, so that only their ratios are read:
@@ -17,12 +18,16 @@ Three measurements of the same synthetic scan (``scanflow sample``: 640x480, 30 
 - **worker**: ``-n`` runs of ``process-scan/local`` created at once and served by the
   stack's process worker at the pool's concurrency (``--pool-concurrency``, default the
   stack's 2; give several to compare). Runs per minute from the first submission to the
-  last flow-run process's exit.
+  last flow-run process's exit. ``--start``: how the worker starts a flow run, ``warm``
+  (the default: forked from the stack's warm parent, scanflow.local.prefork) or ``cold``
+  (``SCANFLOW_PREFORK=false``: a fresh ``python -m prefect.engine``); give both to compare,
+  a stack each.
 
 Before the burst, ``--overhead-runs`` runs are submitted one at a time to an idle worker,
 and each run's overhead is read from Prefect's state history (flow-run states, task runs'
 start and end times) and from the flow-run process itself (seen in /proc every 50 ms, by
-the ``PREFECT__FLOW_RUN_ID`` in its environment): Scheduled to Pending (the worker's poll),
+the ``PREFECT__FLOW_RUN_ID`` in its environment; warm, the client the worker started, which
+lives as long as its forked child): Scheduled to Pending (the worker's poll),
 Pending to Running (process start, imports), Running to the first task run's start, the
 last task run's end to the Completed state, and Completed to the process's exit.
 
@@ -55,6 +60,10 @@ from scanflow.local.sandbox import FINAL, Sandbox  # noqa: E402
 from scanflow.local.stack import process_tree  # noqa: E402
 
 GOAL = 0.80  # the worker should reach this share of the bound's runs per minute
+START = {  # how the worker starts a flow run (SCANFLOW_PREFORK)
+    "warm": "forked from a warm parent (scanflow.local.prefork)",
+    "cold": "as a fresh python -m prefect.engine",
+}
 
 
 # -- the flow-run processes, seen from /proc ---------------------------------------------
@@ -305,7 +314,7 @@ class Report:
     bound_per_scan_s: list[float]
     cold_wall_s: float
     cold_per_scan_s: list[float]
-    alone: list[dict[str, float | None]]
+    alone: dict[str, list[dict[str, float | None]]]
     worker_wall_s: dict[str, float] = field(default_factory=dict)
     worker_runs: dict[str, list[dict[str, float | None]]] = field(default_factory=dict)
 
@@ -325,28 +334,28 @@ def print_report(r: Report) -> None:
     warm = statistics.median(r.bound_per_scan_s[1:] or r.bound_per_scan_s)
     print(f"scan: {r.scan}; {r.scans} scans; {os.cpu_count()} cores")
     print()
-    print(
-        "per-run overhead, runs submitted one at a time to an idle worker "
-        f"(median of {len(r.alone)}; baseline: a warm scan in-process, {warm:.2f} s)"
-    )
-    rows = [
-        ("Scheduled -> Pending (worker poll)", "scheduled_to_pending"),
-        ("Pending -> Running (process start, imports)", "pending_to_running"),
-        ("Running -> first task run starts", "running_to_first_task"),
-        ("first task start -> last task end (the work)", "work"),
-        ("last task end -> final state", "last_task_to_final"),
-        ("final state -> flow-run process exit (/proc)", "final_to_exit"),
-        ("Pending -> first task (before)", "before"),
-        ("last task end -> process exit (after)", "after"),
-    ]
-    for label, key in rows:
-        v = _med([a[key] for a in r.alone])
-        print(f"  {label:46s} {v:6.2f} s   {v / warm:5.2f}x a warm scan")
-    total = _med([a["scheduled_to_pending"] for a in r.alone]) + _med(
-        [a["before"] for a in r.alone]
-    ) + _med([a["after"] for a in r.alone])  # fmt: skip
-    print(f"  {'overhead in all (Scheduled -> first task, + after)':46s} {total:6.2f} s   "
-          f"{total / warm:5.2f}x a warm scan")  # fmt: skip
+    for start, alone in r.alone.items():
+        print(
+            f"per-run overhead, flow runs started {START[start]}, submitted one at a time to an "
+            f"idle worker (median of {len(alone)}; baseline: a warm scan in-process, {warm:.2f} s)"
+        )
+        rows = [
+            ("Scheduled -> Pending (worker poll)", "scheduled_to_pending"),
+            ("Pending -> Running (process start, imports)", "pending_to_running"),
+            ("Running -> first task run starts", "running_to_first_task"),
+            ("first task start -> last task end (the work)", "work"),
+            ("last task end -> final state", "last_task_to_final"),
+            ("final state -> flow-run process exit (/proc)", "final_to_exit"),
+            ("Pending -> first task (before)", "before"),
+            ("last task end -> process exit (after)", "after"),
+        ]
+        for label, key in rows:
+            v = _med([a[key] for a in alone])
+            print(f"  {label:46s} {v:6.2f} s   {v / warm:5.2f}x a warm scan")
+        parts = ("scheduled_to_pending", "before", "after")
+        total = sum(_med([a[k] for a in alone]) for k in parts)
+        print(f"  {'overhead in all (Scheduled -> first task, + after)':46s} {total:6.2f} s   "
+              f"{total / warm:5.2f}x a warm scan")  # fmt: skip
     print()
     print("throughput (runs per minute; from the first scan's start to the last one's end)")
     first = r.bound_per_scan_s[0]
@@ -355,11 +364,12 @@ def print_report(r: Report) -> None:
     cold_rate = per_min / r.cold_wall_s
     print(f"  scanflow process per scan, one after another   {cold_rate:6.2f}/min  "
           f"({r.cold_wall_s:.1f} s; {cold_rate / bound_rate:.3f} of the bound)")  # fmt: skip
-    for conc, wall in r.worker_wall_s.items():
+    for key, wall in r.worker_wall_s.items():
         rate = per_min / wall
-        runs = r.worker_runs[conc]
+        runs = r.worker_runs[key]
         before, after = _med([x["before"] for x in runs]), _med([x["after"] for x in runs])
-        print(f"  worker, pool concurrency {conc:2s}                   {rate:6.2f}/min  "
+        conc, start = key.split()
+        print(f"  worker, pool concurrency {conc:2s}, {start} start        {rate:6.2f}/min  "
               f"({wall:.1f} s; {rate / bound_rate:.3f} of the bound, goal {GOAL:.2f}; "
               f"median run: before {before:.2f} s, work "
               f"{_med([x['work'] for x in runs]):.2f} s, after {after:.2f} s)")  # fmt: skip
@@ -372,6 +382,10 @@ def main() -> int:
     ap.add_argument("--overhead-runs", type=int, default=3)
     ap.add_argument("--pool-concurrency", type=int, nargs="+", default=[2],
                     help="the worker's pool concurrency; several: one stack each")  # fmt: skip
+    ap.add_argument("--start", choices=sorted(START), nargs="+", default=["warm"],
+                    help="how the worker starts flow runs; several: one stack each")  # fmt: skip
+    ap.add_argument("--query-seconds", type=float, default=None,
+                    help="the worker poll, s (the stack: 1)")  # fmt: skip
     ap.add_argument("--video", type=Path, help="this scan instead of a rendered one")
     ap.add_argument("--skip-cold", action="store_true", help="no scanflow process per scan")
     ap.add_argument("--json", type=Path, help="also write the figures here")
@@ -384,29 +398,33 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-throughput-"))
     video = work / "scan.mp4"
     report: Report | None = None
-    for k, conc in enumerate(args.pool_concurrency):
-        with Sandbox(f"bench-tp{conc}", settings={"pool_concurrency": str(conc)}) as box:
-            if k == 0:
-                if args.video:  # copied under the temporary folder: the sandbox reads there
-                    shutil.copyfile(args.video, video)
-                else:
-                    out = box.cli("sample", str(video), "--seconds", str(args.seconds))
-                    if out.returncode != 0:
-                        raise RuntimeError(out.stderr)
-                print(f"stack up; measuring the bound ({args.scans} scans) ...", flush=True)
-                bwall, bper = bound(box, video, args.scans)
-                cwall, cper = (0.0, []) if args.skip_cold else cold(box, video, args.scans)
-                print(f"bound {bwall:.1f} s {bper}; cold {cwall:.1f} s {cper}", flush=True)
-                alone = overhead(box, video, args.overhead_runs)
-                print(f"alone: {alone}", flush=True)
-                scan = str(args.video or f"{args.seconds:g} s synthetic 640x480 at 30 fps")
-                report = Report(args.scans, scan, bwall, bper, cwall or float("nan"),
-                                cper, [_times(a) for a in alone])  # fmt: skip
-            assert report is not None
-            print(f"worker at pool concurrency {conc} ...", flush=True)
-            wall, runs = worker(box, video, args.scans, f"burst{conc}")
-            report.worker_wall_s[str(conc)] = wall
-            report.worker_runs[str(conc)] = [_times(t) for t in runs]
+    for start in args.start:
+        for conc in args.pool_concurrency:
+            settings = {"pool_concurrency": str(conc), "prefork": str(start == "warm").lower()}
+            if args.query_seconds is not None:
+                settings["worker_query_seconds"] = str(args.query_seconds)
+            with Sandbox(f"bench-tp{conc}", settings=settings) as box:
+                if report is None:
+                    if args.video:  # copied under the temporary folder: the sandbox reads there
+                        shutil.copyfile(args.video, video)
+                    else:
+                        out = box.cli("sample", str(video), "--seconds", str(args.seconds))
+                        if out.returncode != 0:
+                            raise RuntimeError(out.stderr)
+                    print(f"stack up; measuring the bound ({args.scans} scans) ...", flush=True)
+                    bwall, bper = bound(box, video, args.scans)
+                    cwall, cper = (0.0, []) if args.skip_cold else cold(box, video, args.scans)
+                    print(f"bound {bwall:.1f} s {bper}; cold {cwall:.1f} s {cper}", flush=True)
+                    scan = str(args.video or f"{args.seconds:g} s synthetic 640x480 at 30 fps")
+                    report = Report(args.scans, scan, bwall, bper, cwall or float("nan"), cper, {})
+                if start not in report.alone:
+                    alone = overhead(box, video, args.overhead_runs)
+                    print(f"alone, {start} start: {alone}", flush=True)
+                    report.alone[start] = [_times(a) for a in alone]
+                print(f"worker at pool concurrency {conc}, {start} start ...", flush=True)
+                wall, runs = worker(box, video, args.scans, f"burst{conc}{start}")
+                report.worker_wall_s[f"{conc} {start}"] = wall
+                report.worker_runs[f"{conc} {start}"] = [_times(t) for t in runs]
     assert report is not None
     print()
     print_report(report)

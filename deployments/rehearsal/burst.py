@@ -449,10 +449,12 @@ def submit_burst(
 # -- watching: memory and progress -------------------------------------------------------
 
 
-def _rss_kb(pid: int) -> int:
+def _pss_kb(pid: int) -> int:
+    """The process's proportional set size (its resident pages, each shared one divided
+    among its sharers): summed over processes, shared pages count once."""
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
                 return int(line.split()[1])
     except OSError:
         pass
@@ -470,14 +472,20 @@ def descendants(pid: int | None, tree: dict[int, list[int]]) -> list[int]:
 
 
 def _is_flow_run(pid: int) -> bool:
+    """A flow run's process: Prefect's engine (cold) or the warm server's client."""
     try:
-        return b"prefect.engine" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
+    return b"prefect.engine" in cmdline or b"scanflow.local.prefork\0run" in cmdline
 
 
 class Watcher(threading.Thread):
-    """Samples the server's and the worker's memory (process trees) every 0.5 s."""
+    """Samples the server's and the worker's memory (process trees) every 0.5 s.
+
+    The worker's includes the warm server's tree (scanflow.local.prefork), whose children
+    are the flow runs; a process's proportional set size (PSS) is what it adds, its
+    copy-on-write pages shared with the warm server counted once in all."""
 
     def __init__(self, stack: BurstStack) -> None:
         super().__init__(daemon=True)
@@ -494,18 +502,19 @@ class Watcher(threading.Thread):
     def run(self) -> None:
         server, worker = self.stack.pid("server"), self.stack.pid("worker")
         services = self.stack.pid("services")  # at scale only
+        warm = self.stack.pid("prefork")
         while not self.stop_event.wait(0.5):
             tree = process_tree()
-            under_worker = descendants(worker, tree)
+            under_worker = descendants(worker, tree) + descendants(warm, tree)
             sample = {
-                "server": sum(map(_rss_kb, descendants(server, tree))) / 1024,
-                "services": sum(map(_rss_kb, descendants(services, tree))) / 1024,
-                "worker": sum(map(_rss_kb, under_worker)) / 1024,
-                "worker_alone": _rss_kb(worker or 0) / 1024,
+                "server": sum(map(_pss_kb, descendants(server, tree))) / 1024,
+                "services": sum(map(_pss_kb, descendants(services, tree))) / 1024,
+                "worker": sum(map(_pss_kb, under_worker)) / 1024,
+                "worker_alone": _pss_kb(worker or 0) / 1024,
             }
             for k, v in sample.items():
                 self.peaks[k] = max(self.peaks[k], v)
-            flow_runs = sum(1 for p in under_worker if _is_flow_run(p))
+            flow_runs = sum(1 for p in descendants(worker, tree) if _is_flow_run(p))
             self.flow_processes_peak = max(self.flow_processes_peak, flow_runs)
 
     def stop(self) -> None:
@@ -629,8 +638,10 @@ class BurstReport:
     drain_s: float
     runs_per_minute: float
     queue_wait_p50_s: float
+    queue_wait_p95_s: float
     queue_wait_max_s: float
     run_p50_s: float
+    run_p95_s: float
     server_peak_mb: float
     worker_peak_mb: float
     worker_alone_peak_mb: float
@@ -669,14 +680,16 @@ class BurstReport:
             f"  trigger retries (503/429/dropped) {self.trigger_retries}  "
             f"Lambda re-invocations {self.lambda_retries}",
             f"  drained in {self.drain_s:.1f} s ({self.runs_per_minute:.1f} runs/min); "
-            f"queue wait p50 {self.queue_wait_p50_s:.1f} s, max {self.queue_wait_max_s:.1f} s; "
-            f"run p50 {self.run_p50_s:.1f} s",
+            f"queue wait p50 {self.queue_wait_p50_s:.1f} s, p95 {self.queue_wait_p95_s:.1f} s, "
+            f"max {self.queue_wait_max_s:.1f} s; "
+            f"run p50 {self.run_p50_s:.1f} s, p95 {self.run_p95_s:.1f} s",
             f"  API answers: create-run {self.create_run.line()}",
             f"    probe (deployment read, every 0.2 s) while submitting: "
             f"{self.probe_submit.line()}",
             f"    probe while draining: {self.probe_drain.line()}",
-            f"  peak RSS: server {self.server_peak_mb:.0f} MB{services}, worker with its flow runs "
-            f"{self.worker_peak_mb:.0f} MB (worker alone {self.worker_alone_peak_mb:.0f} MB, "
+            f"  peak memory (PSS): server {self.server_peak_mb:.0f} MB{services}, "
+            f"worker with its flow runs {self.worker_peak_mb:.0f} MB "
+            f"(worker alone {self.worker_alone_peak_mb:.0f} MB, "
             f"at most {self.flow_processes_peak} flow runs at once)",
             *(f"  note: {n}" for n in self.notes),
         ]
@@ -770,6 +783,7 @@ def analyse(
     if ends and runs:
         first = min(r["created"] for r in runs)
         drain = _seconds(first, max(ends)) or drain  # type: ignore[type-var]
+    wait, span = Latency.of(waits), Latency.of(spans)
     return BurstReport(
         database=stack.database,
         scans=len(uploads),
@@ -795,9 +809,11 @@ def analyse(
         runs_per_minute=(
             60 * (len(runs) - outcome["cancelled_waiting"]) / drain if drain > 0 else 0.0
         ),
-        queue_wait_p50_s=statistics.median(waits) if waits else 0.0,
-        queue_wait_max_s=max(waits, default=0.0),
-        run_p50_s=statistics.median(spans) if spans else 0.0,
+        queue_wait_p50_s=wait.p50,
+        queue_wait_p95_s=wait.p95,
+        queue_wait_max_s=wait.max,
+        run_p50_s=span.p50,
+        run_p95_s=span.p95,
         server_peak_mb=watcher.peaks["server"],
         worker_peak_mb=watcher.peaks["worker"],
         worker_alone_peak_mb=watcher.peaks["worker_alone"],
