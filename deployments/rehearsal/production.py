@@ -97,6 +97,7 @@ class Rehearsal:
         self.moto.start()
         self.receiver.start()
         home = self.workdir / "home"
+        (home / "prefect").mkdir(parents=True, exist_ok=True)  # Prefect makes only the leaf
         os.environ.update(
             {
                 "AWS_ENDPOINT_URL": self.moto.url,

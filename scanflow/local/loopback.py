@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -30,8 +31,29 @@ from typing import Any
 from scanflow.notify.signing import HEADER, SignatureError, verify_signature
 
 
+def ephemeral_port_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
 def free_port() -> int:
-    with socket.socket() as s:
+    """A port nothing listens on, for a server started next. Taken at random below the
+    kernel's ephemeral range: a port the kernel hands out (bind to 0) is also handed to
+    outgoing connections, and on a busy machine one may take it before our server binds
+    it (the server then exits: address in use)."""
+    low, high = ephemeral_port_range()
+    candidates = [p for p in range(10000, min(low, 65536)) if not high >= p >= low]
+    for port in random.sample(candidates, min(200, len(candidates))):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # nothing free below the range: let the kernel choose
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 

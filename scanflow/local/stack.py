@@ -53,6 +53,14 @@ class Service:
     def log_file(self) -> Path:
         return self.home / "logs" / f"{self.name}.log"
 
+    def log_tail(self, lines: int = 12) -> str:
+        """The end of its log, for an error that says why it did not start."""
+        try:
+            text = self.log_file.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.rstrip().splitlines()[-lines:]) or "(empty log)"
+
     def pid(self) -> int | None:
         try:
             pid = int(self.pid_file.read_text().strip())
@@ -233,9 +241,15 @@ class LocalStack:
                     self._start_services()
                 return "started"
             if not _alive(pid):  # not pid(): until exec, the child's cmdline is ours
+                why = "it exited"
                 break
             time.sleep(0.5)
-        raise RuntimeError(f"the Prefect server did not come up; see {self.server.log_file}")
+        else:
+            why = f"it did not answer within {timeout:.0f} s"
+        raise RuntimeError(
+            f"the Prefect server did not come up ({why}); {self.server.log_file} ends:\n"
+            + self.server.log_tail()
+        )
 
     def _start_services(self) -> None:
         pid = self.services.start(PREFECT + ["server", "services", "start"], self.server_env())

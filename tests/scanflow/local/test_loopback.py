@@ -17,7 +17,7 @@ import boto3
 import httpx
 import pytest
 
-from scanflow.local.loopback import MotoServer, Receiver, free_port
+from scanflow.local.loopback import MotoServer, Receiver, ephemeral_port_range, free_port
 from scanflow.notify.signing import HEADER, sign
 
 SECRET = "whsec-loopback"
@@ -56,6 +56,13 @@ def test_free_port_gives_a_port_nothing_listens_on() -> None:
         pass
     with socket.socket() as s:
         s.bind(("127.0.0.1", port))  # and it can be taken
+
+
+def test_free_port_is_not_one_the_kernel_gives_outgoing_connections() -> None:
+    low, high = ephemeral_port_range()
+    ports = {free_port() for _ in range(20)}
+    assert not [p for p in ports if low <= p <= high], (low, high, ports)
+    assert len(ports) > 1  # chosen at random: two processes rarely pick the same
 
 
 def test_an_unsigned_receiver_records_every_post_and_answers_200() -> None:

@@ -259,9 +259,12 @@ def test_a_server_that_cannot_start_names_its_log(
         monkeypatch.setenv("SCANFLOW_SERVER_PORT", str(taken.getsockname()[1]))
         stack = LocalStack(Settings())
         try:
-            with pytest.raises(RuntimeError, match="did not come up; see .*server.log"):
+            with pytest.raises(
+                RuntimeError, match=r"did not come up \(it exited\); .*server.log"
+            ) as e:
                 stack.start_server(timeout=90)
         finally:
             stack.down()
         port = taken.getsockname()[1]
     assert f"Port {port} is already in use" in (tmp_path / "home/logs/server.log").read_text()
+    assert f"Port {port} is already in use" in str(e.value)  # the error says why

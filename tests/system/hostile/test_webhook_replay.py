@@ -72,8 +72,9 @@ def test_a_captured_delivery_replayed_later_is_refused(leak_world: LeakWorld) ->
         assert changed != captured.body
         status, got = _replay(platform, captured, body=changed)
         assert status == 400 and got.verified.startswith("BadSignature"), got.verified
-        # signed afresh by someone without the key: refused
-        status, got = _replay(platform, captured, **{HEADER: sign("guess", captured.body)})
+        # signed afresh (at the receiver's now) by someone without the key: refused
+        forged = sign("guess", captured.body, timestamp=int(now[0]))
+        status, got = _replay(platform, captured, **{HEADER: forged})
         assert status == 400 and got.verified.startswith("BadSignature"), got.verified
     finally:
         platform.stop()
