@@ -3,7 +3,7 @@ previous processing produced, so that every manifest says which model and code m
 files it names.
 
     <scan>/manifest.json                            the current result
-    <scan>/versions/<completed>-<model sha12>/      an earlier one: its files, and a
+    <scan>/versions/<completed>-<model sha12>-<run>/ an earlier one: its files, and a
                                                     manifest whose URIs point there
 
 Before the flow writes anything for a scan that already has a manifest, archive_previous
@@ -43,7 +43,12 @@ class PreviousResult(BaseModel):
 
 
 def version_name(manifest: Manifest) -> str:
-    return f"{manifest.completed_at:%Y%m%dT%H%M%S}Z-{manifest.model.sha256[:12]}"
+    """Unique to the processing that wrote the manifest: two of one scan can complete in
+    the same second (a small scan re-run at once) and must not share a folder (the second
+    would find it "done" and never be archived)."""
+    done = manifest.completed_at
+    run = f"-{manifest.flow_run_id[:8]}" if manifest.flow_run_id else ""
+    return f"{done:%Y%m%dT%H%M%S}.{done.microsecond // 1000:03d}Z-{manifest.model.sha256[:12]}{run}"
 
 
 def _rewrite(data: bytes, rel: str, old: str, new: str) -> bytes:

@@ -69,6 +69,37 @@ def test_the_previous_result_is_archived_with_a_manifest_naming_its_copies(
     assert (folder / "summary.mp4").read_bytes() == b"marker"
 
 
+def test_two_processings_completed_in_one_second_are_archived_apart(tmp_path: Path) -> None:
+    """A small scan processed twice at once: the second result (same model, same second)
+    gets a folder of its own, and a failure after it puts the second back, not the first."""
+    scan_uri, first = _scan(tmp_path)
+    first = first.model_copy(
+        update={
+            "flow_run_id": str(uuid.uuid4()),
+            "completed_at": datetime(2026, 12, 1, 22, 43, 31, 100_000, UTC),
+        }
+    )
+    store = FileStore()
+    store.put_bytes(manifest_uri(scan_uri), first.model_dump_json().encode())
+    with disable_run_logger():
+        one = archive_previous.fn(scan_uri)
+        second = first.model_copy(
+            update={
+                "flow_run_id": str(uuid.uuid4()),
+                "completed_at": first.completed_at + timedelta(milliseconds=700),
+                "previous_versions": one.previous_versions if one else [],
+            }
+        )
+        store.put_bytes(join(scan_uri, "summary.mp4"), b"video v2")
+        store.put_bytes(manifest_uri(scan_uri), second.model_dump_json().encode())
+        two = archive_previous.fn(scan_uri)
+        assert one is not None and two is not None and two.version_uri != one.version_uri
+        store.put_bytes(join(scan_uri, "summary.mp4"), b"video v3 (half-way)")
+        restore_previous.fn(scan_uri, two)
+    assert read_manifest(manifest_uri(scan_uri)) == second
+    assert FileStore.path(join(scan_uri, "summary.mp4")).read_bytes() == b"video v2"
+
+
 def test_a_failed_reprocessing_puts_the_previous_files_back(tmp_path: Path) -> None:
     scan_uri, m = _scan(tmp_path)
     with disable_run_logger():
