@@ -15,7 +15,10 @@ two places a limit of 1 can live:
 
 Scenario, per variant, on its own pool with queues ``uploads`` (priority 1) and
 ``backfill`` (priority 3): four backfill runs, then, once the first is Running, two upload
-runs; the sleep flow (tests/support/priority_flow.py) runs 5 s. The figures print at the end.
+runs; the sleep flow (tests/support/priority_flow.py) runs 5 s. In (B) the backfills sleep
+only once the uploads exist (a gate file): on a loaded machine the test may see the first
+Running only after it has ended, and the slot it frees would go to a backfill before the
+uploads are created. The figures print at the end.
 """
 
 from __future__ import annotations
@@ -133,6 +136,7 @@ async def _read_runs(client: PrefectClient, ids: list[uuid.UUID]) -> list[FlowRu
 
 async def _scenario(variant: str, log: Path) -> dict[str, Any]:
     suffix = uuid.uuid4().hex[:8]
+    gate = log.parent / "uploads-created"  # (B) the backfills sleep once it exists
     pool = f"prio-{'enqueue' if variant == DEPLOYMENT_ENQUEUE else 'pool'}-{suffix}"
     async with get_client() as client:
         await client.create_work_pool(
@@ -175,16 +179,21 @@ async def _scenario(variant: str, log: Path) -> dict[str, Any]:
 
             await _until("the worker to come online", 90, pool_ready, log)
 
-            async def create(queue: str, n: int) -> list[uuid.UUID]:
+            async def create(queue: str, n: int, **parameters: Any) -> list[uuid.UUID]:
                 ids = []
                 for i in range(n):
                     run = await client.create_flow_run_from_deployment(
-                        deployment_id, work_queue_name=queue, name=f"{queue}-{i + 1}"
+                        deployment_id,
+                        work_queue_name=queue,
+                        name=f"{queue}-{i + 1}",
+                        parameters=parameters,
                     )
                     ids.append(run.id)
                 return ids
 
-            backfills = await create("backfill", 4)
+            backfills = await create(
+                "backfill", 4, **({"gate": str(gate)} if variant == POOL_LIMIT else {})
+            )
 
             async def one_running() -> bool:
                 runs = await _read_runs(client, backfills)
@@ -205,6 +214,7 @@ async def _scenario(variant: str, log: Path) -> dict[str, Any]:
                     gap = (ready - dt.datetime.now(dt.UTC)).total_seconds()
                     await asyncio.sleep(max(0.0, gap))
             uploads = await create("uploads", 2)
+            gate.touch()
             ids = backfills + uploads
 
             async def all_final() -> list[FlowRun] | None:
