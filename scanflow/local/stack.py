@@ -256,7 +256,8 @@ class LocalStack:
         time.sleep(1.0)
         if not _alive(pid):
             raise RuntimeError(
-                f"Prefect's services process exited at once; see {self.services.log_file}"
+                f"Prefect's services process exited at once; {self.services.log_file} ends:\n"
+                + self.services.log_tail()
             )
 
     def stop_server(self) -> bool:
